@@ -1,0 +1,33 @@
+"""Data: mini-batch loading, IDX files and the classification data sets.
+
+Example:
+    >>> from backprop.data import DataLoader, load_dataset
+    >>> ds = load_dataset("digits")
+    >>> loader = DataLoader(ds.x_train, ds.y_train, batch_size=64, seed=0)
+    >>> xb, yb = next(iter(loader))
+    >>> xb.shape, yb.shape
+    ((64, 64), (64,))
+"""
+
+from backprop.data.datasets import (
+    Dataset,
+    load_csv,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist,
+)
+from backprop.data.idx import read_idx, write_idx
+from backprop.data.loader import DataLoader
+
+__all__ = [
+    "DataLoader",
+    "Dataset",
+    "load_csv",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+    "write_idx",
+]
