@@ -149,15 +149,17 @@ def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
     """Convert array-likes to an ndarray, rejecting what cannot be a tensor (objects, strings, complex)."""
     if isinstance(data, Tensor):
         data = data.data
-    if dtype is None and isinstance(data, (float, list, tuple)) and not isinstance(data, np.ndarray):
-        arr = np.asarray(data)
-        if arr.dtype == np.float64:
-            arr = arr.astype(DEFAULT_DTYPE)  # NOTE: Python floats become float32, as in PyTorch
-    else:
-        try:
+    try:
+        # NOTE: Python floats (and lists of them) become float32, as in PyTorch; `type(...) is float`
+        # because np.float64 subclasses float and must stay float64.
+        if dtype is None and (type(data) is float or isinstance(data, (list, tuple))):
+            arr = np.asarray(data)
+            if arr.dtype == np.float64:
+                arr = arr.astype(DEFAULT_DTYPE)
+        else:
             arr = np.asarray(data, dtype=dtype)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"cannot make a tensor from {type(data).__name__}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cannot make a tensor from {type(data).__name__}: {e}") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"cannot make a tensor of dtype {arr.dtype} (from {type(data).__name__}); "
@@ -314,8 +316,8 @@ class Tensor:
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if ctx.retains:
-                node.grad = g if node.grad is None else node.grad + g
+            if ctx.retains:  # a copy: g may be a read-only view or shared with another tensor
+                node.grad = np.array(g) if node.grad is None else node.grad + g
             parent_grads = ctx.backward(g)
             parents = ctx.parents
             if len(parents) == 1:

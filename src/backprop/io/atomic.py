@@ -124,7 +124,7 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
-    raise TypeError(f"save_json: cannot write a {type(obj).__name__} as JSON")
+    raise TypeError(f"save_json: cannot write an object of type {type(obj).__name__} as JSON")
 
 
 def save_json(obj: Any, path: str | os.PathLike[str], *, indent: int | None = 2, sort_keys: bool = False) -> None:

@@ -213,8 +213,11 @@ def fit(
         xv, yv = _check_xy(validation_data[0], validation_data[1], "fit (validation_data)", check_finite, model.dtype)
         yv = _check_labels(model, yv, loss, "fit (validation_data)")
 
-    opt = optim.get(optimizer, model.parameters(), lr=lr) if isinstance(optimizer, str) else optim.get(
-        optimizer, model.parameters())
+    # NOTE: lr goes to names and Optimizer classes; an Optimizer instance or a factory carries its own
+    if isinstance(optimizer, str) or (isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer)):
+        opt = optim.get(optimizer, model.parameters(), lr=lr)
+    else:
+        opt = optim.get(optimizer, model.parameters())
     loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seeds[0])
     n_batches = len(loader)
     history.params = {"epochs": epochs, "batch_size": batch_size, "steps": n_batches, "samples": len(x)}
@@ -223,6 +226,7 @@ def fit(
         cb.set_model(model)
         cb.set_params(history.params)
         cb.on_train_begin({})
+    params = list(model.parameters())
     batch_hooks = [cb for cb in callbacks if _overrides(cb, "on_train_batch_begin") or _overrides(cb, "on_train_batch_end")]
     progress = _Progress(verbose, epochs, n_batches)
     logs: dict[str, float] = {}
@@ -234,6 +238,7 @@ def fit(
             model.train()
             progress.start_epoch(epoch)
             total_loss, total_correct, seen = 0.0, 0, 0
+            snapshot = [p.data.copy() for p in params]  # finite weights to fall back on if a step overflows
             metric_sums = dict.fromkeys(metric_fns, 0.0)
             for batch, (xb, yb) in enumerate(loader):
                 for cb in batch_hooks:
@@ -243,11 +248,7 @@ def fit(
                 loss_t = loss_fn(out, yb)
                 loss_value = float(loss_t.data)
                 if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"the loss became {loss_value} at epoch {epoch + 1}, iteration {batch + 1} "
-                        f"(step {history.iterations + 1}); the model keeps the weights of the last finite step. "
-                        "Try a lower learning rate (or gradient clipping)."
-                    )
+                    raise _diverged(loss_value, epoch, batch, history.iterations, model, snapshot)
                 loss_t.backward()
                 opt.step()
                 n = len(xb)
@@ -291,6 +292,23 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(logs)
     return history
+
+
+def _diverged(loss_value: float, epoch: int, batch: int, steps: int, model: Module,
+              snapshot: list[np.ndarray]) -> TrainingDiverged:
+    """The error for a non-finite loss; restores the epoch's first weights if the last update overflowed."""
+    where = f"epoch {epoch + 1}, iteration {batch + 1} (step {steps + 1})"
+    bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    if bad:
+        for p, saved in zip(model.parameters(), snapshot):
+            p.data[...] = saved
+        kept = (f"the previous update overflowed parameter '{bad[0]}', so the weights from the start of "
+                f"epoch {epoch + 1} were restored")
+    else:
+        kept = "the model keeps the weights of the last finite step"
+    return TrainingDiverged(
+        f"the loss became {loss_value} at {where}; {kept}. Try a lower learning rate (or gradient clipping)."
+    )
 
 
 def _overrides(cb: Callback, hook: str) -> bool:

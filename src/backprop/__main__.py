@@ -1,0 +1,5 @@
+import sys
+
+from backprop.cli.main import main
+
+sys.exit(main())

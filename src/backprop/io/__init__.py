@@ -1,0 +1,30 @@
+"""Saving and loading: models as safetensors files (weights) with their architecture as JSON in the header,
+and atomic writes for every file backprop produces (checkpoints, metrics, plots).
+
+>>> import backprop.io as bio
+>>> sorted(bio.LAYER_TYPES)[:3]
+['Dropout', 'Flatten', 'GELU']
+"""
+
+from backprop.io.atomic import atomic_write, load_json, save_json, write_bytes_atomic, write_text_atomic
+from backprop.io.serialization import (
+    FORMAT,
+    FORMAT_VERSION,
+    LAYER_TYPES,
+    Arg,
+    LayerSpec,
+    load,
+    load_metadata,
+    load_weights,
+    model_from_config,
+    model_to_config,
+    register_layer,
+    save,
+    save_weights,
+)
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "LAYER_TYPES", "Arg", "LayerSpec", "atomic_write", "load", "load_json",
+    "load_metadata", "load_weights", "model_from_config", "model_to_config", "register_layer", "save",
+    "save_json", "save_weights", "write_bytes_atomic", "write_text_atomic",
+]
