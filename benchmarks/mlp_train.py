@@ -103,27 +103,41 @@ def torch_mlp(sizes: Sequence[int], seed: int = INIT_SEED):
 class NumpyMLP:
     """A minimal hand-written MLP: ReLU hidden layers, softmax cross-entropy, plain SGD, float32.
 
-    Weights are stored (in, out) so the forward pass is ``h @ W + b``; initialised like PyTorch's Linear,
-    W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    Initialised like PyTorch's Linear, W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). ``layout="in_out"`` (the
+    natural hand-written choice) stores W as (in, out), so the forward pass is ``h @ W + b``;
+    ``layout="out_in"`` stores it as (out, in) like PyTorch and backprop, so it is ``h @ W.T + b``. The two
+    differ only in which BLAS transposition each matmul uses, which matters at small batch sizes.
     """
 
-    def __init__(self, sizes: Sequence[int], seed: int = INIT_SEED, dtype: Any = np.float32) -> None:
+    def __init__(self, sizes: Sequence[int], seed: int = INIT_SEED, dtype: Any = np.float32,
+                 layout: str = "in_out") -> None:
+        if layout not in ("in_out", "out_in"):
+            raise ValueError(f"layout must be 'in_out' or 'out_in', got {layout!r}")
+        self.out_in = layout == "out_in"
         rng = np.random.default_rng(seed)
         self.W: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
         for fan_in, fan_out in itertools.pairwise(sizes):
             bound = 1.0 / math.sqrt(fan_in)
-            self.W.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
+            w = rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
+            self.W.append(np.ascontiguousarray(w.T) if self.out_in else w)
             self.b.append(rng.uniform(-bound, bound, fan_out).astype(dtype))
+
+    def weights_out_in(self) -> list[np.ndarray]:
+        return list(self.W) if self.out_in else [w.T for w in self.W]
+
+    def set_weights_out_in(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> None:
+        self.W = [np.array(w if self.out_in else w.T, order="C") for w in weights]
+        self.b = [np.array(b) for b in biases]
 
     def step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> np.floating:
         """One SGD step on a batch; returns the batch's mean loss."""
-        W, b = self.W, self.b
+        W, b, out_in = self.W, self.b, self.out_in
         last = len(W) - 1
         hs = [xb]  # the input of every layer
         h = xb
         for i in range(last + 1):
-            z = h @ W[i]
+            z = h @ W[i].T if out_in else h @ W[i]
             z += b[i]
             if i < last:
                 np.maximum(z, 0, out=z)
@@ -141,10 +155,10 @@ class NumpyMLP:
         g /= n
         for i in range(last, -1, -1):
             a = hs[i]
-            gw = a.T @ g
+            gw = g.T @ a if out_in else a.T @ g
             gb = g.sum(axis=0)
             if i:
-                g = g @ W[i].T
+                g = g @ W[i] if out_in else g @ W[i].T
                 g *= a > 0  # ReLU's gradient, from its output
             W[i] -= lr * gw
             b[i] -= lr * gb
@@ -240,9 +254,9 @@ class TorchLoop(Impl):
 class NumpyLoop(Impl):
     name = "NumPy (by hand)"
 
-    def __init__(self, batch_size: int, x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(self, batch_size: int, x: np.ndarray, y: np.ndarray, layout: str = "in_out") -> None:
         super().__init__(batch_size, x, y)
-        self.net = NumpyMLP(SIZES)
+        self.net = NumpyMLP(SIZES, layout=layout)
         self.rng = np.random.default_rng(0)
 
     def epoch(self, n: int) -> float:
@@ -261,7 +275,7 @@ IMPLS: dict[str, type[Impl]] = {"loop": BackpropLoop, "fit": BackpropFit, "torch
 
 
 # ------------------------------------------------------------------------------------ table 2: one step
-def step_timers(n_steps: int, seed: int = DATA_SEED) -> dict[str, Callable[[], float]]:
+def step_timers(n_steps: int, seed: int = DATA_SEED, numpy_layout: str = "in_out") -> dict[str, Callable[[], float]]:
     """For each implementation a function that runs ``n_steps`` batch-1 steps of a 4-8-3 MLP, returns seconds."""
     rng = np.random.default_rng(seed)
     xs = rng.standard_normal((n_steps, 1, SMALL_SIZES[0])).astype(np.float32)
@@ -304,7 +318,7 @@ def step_timers(n_steps: int, seed: int = DATA_SEED) -> dict[str, Callable[[], f
 
         timers["torch"] = run_torch
 
-    net = NumpyMLP(SMALL_SIZES)
+    net = NumpyMLP(SMALL_SIZES, layout=numpy_layout)
 
     def run_numpy() -> float:
         t0 = time.perf_counter()
@@ -317,15 +331,15 @@ def step_timers(n_steps: int, seed: int = DATA_SEED) -> dict[str, Callable[[], f
 
 
 # ------------------------------------------------------------------------------------------ consistency
-def consistency_check(x: np.ndarray, y: np.ndarray, steps: int = 3, batch_size: int = 32) -> dict[str, float]:
+def consistency_check(x: np.ndarray, y: np.ndarray, steps: int = 3, batch_size: int = 32,
+                      numpy_layout: str = "in_out") -> dict[str, float]:
     """Same initial weights, same batches: max |w_backprop - w_other| after a few SGD steps (sanity check)."""
     import backprop as bp
 
     model = backprop_mlp(SIZES)
     linears = [m for m in model.modules() if isinstance(m, bp.nn.Linear)]
-    net = NumpyMLP(SIZES)
-    net.W = [lin.weight.data.T.copy() for lin in linears]
-    net.b = [lin.bias.data.copy() for lin in linears]
+    net = NumpyMLP(SIZES, layout=numpy_layout)
+    net.set_weights_out_in([lin.weight.data for lin in linears], [lin.bias.data for lin in linears])
     torch = _torch()
     tmodel = None
     if torch is not None:
@@ -347,7 +361,7 @@ def consistency_check(x: np.ndarray, y: np.ndarray, steps: int = 3, batch_size: 
             topt.zero_grad()
             torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
             topt.step()
-    out = {"numpy": max(float(np.abs(lin.weight.data - w.T).max()) for lin, w in zip(linears, net.W))}
+    out = {"numpy": max(float(np.abs(lin.weight.data - w).max()) for lin, w in zip(linears, net.weights_out_in()))}
     if tmodel is not None:
         out["torch"] = max(float(np.abs(lin.weight.data - t.weight.detach().numpy()).max())
                            for lin, t in zip(linears, tlin))
@@ -435,12 +449,13 @@ def samples_for(batch_size: int, samples: int, small_batch_samples: int) -> int:
 
 
 def run_table1(x: np.ndarray, y: np.ndarray, batch_sizes: Sequence[int], samples: int, small_batch_samples: int,
-               repeats: int, names: Sequence[str]) -> tuple[dict, dict, dict]:
+               repeats: int, names: Sequence[str], numpy_layout: str = "in_out") -> tuple[dict, dict, dict]:
     """Times every (implementation, batch size); returns best and median samples/s and the final losses."""
     impls: dict[tuple[str, int], Impl] = {}
     for B in batch_sizes:
         for name in names:
-            impl = impls[(name, B)] = IMPLS[name](B, x, y)
+            kwargs = {"layout": numpy_layout} if name == "numpy" else {}
+            impl = impls[(name, B)] = IMPLS[name](B, x, y, **kwargs)
             impl.epoch(min(N_TRAIN, max(min(200 * B, 10000), 20 * B)))  # warm-up: a few hundred steps (<=10000 samples)
     rates: dict[tuple[str, int], list[float]] = {k: [] for k in impls}
     for r in range(repeats):
@@ -458,8 +473,8 @@ def run_table1(x: np.ndarray, y: np.ndarray, batch_sizes: Sequence[int], samples
     return best, median, losses
 
 
-def run_table2(n_steps: int, repeats: int) -> dict[str, float]:
-    timers = step_timers(n_steps)
+def run_table2(n_steps: int, repeats: int, numpy_layout: str = "in_out") -> dict[str, float]:
+    timers = step_timers(n_steps, numpy_layout=numpy_layout)
     for run in timers.values():  # warm-up
         run()
     seconds: dict[str, list[float]] = {k: [] for k in timers}
@@ -517,6 +532,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 3, 2 with --quick)")
     p.add_argument("--steps", type=int, default=None,
                    help="batch-1 steps per repeat in table 2 (default 20000, 5000 with --quick)")
+    p.add_argument("--numpy-layout", choices=("in_out", "out_in"), default="in_out",
+                   help="weight layout of the hand-written NumPy MLP: (in, out), the natural hand-written "
+                        "choice, or (out, in) like PyTorch and backprop (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer samples, steps and repeats (~1 minute)")
     p.add_argument("--profile", action="store_true",
                    help="only cProfile one backprop epoch at batch 32 and print the top 25 functions by tottime")
@@ -560,7 +578,7 @@ def _main(args: argparse.Namespace, torch: Any) -> int:
         return 0
 
     names = ["loop", "fit", "torch", "numpy"] if torch is not None else ["loop", "fit", "numpy"]
-    diffs = consistency_check(x, y)
+    diffs = consistency_check(x, y, numpy_layout=args.numpy_layout)
     print("sanity: same init, 3 SGD steps at batch 32, max |w_backprop - w_other| = "
           + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
@@ -569,8 +587,10 @@ def _main(args: argparse.Namespace, torch: Any) -> int:
     print(f"\nTable 1: training throughput, 784-256-256-10 MLP, SGD lr {LR}, float32, shuffled every epoch; "
           f"best of {args.repeats} repeats (implementations interleaved, order rotated each repeat), "
           "after a warm-up of a few hundred steps", flush=True)
-    best, median, losses = run_table1(x, y, B_list, args.samples, args.small_batch_samples, args.repeats, names)
+    best, median, losses = run_table1(x, y, B_list, args.samples, args.small_batch_samples, args.repeats, names,
+                                      args.numpy_layout)
     labels = {k: IMPLS[k].name for k in names}
+    labels["numpy"] += "" if args.numpy_layout == "in_out" else " W(out,in)"
     header = ["samples/s (best)", *[f"B={B}" for B in B_list]]
     rows = [["samples per epoch", *[f"{n}" for n in n_list]]]
     rows += [[labels[k], *[_fmt_rate(best[(k, B)]) for B in B_list]] for k in names]
@@ -614,7 +634,7 @@ def _main(args: argparse.Namespace, torch: Any) -> int:
 
     print(f"\nTable 2: microseconds per training step, {'-'.join(map(str, SMALL_SIZES))} MLP, batch 1, "
           f"{args.steps} pre-made batches per repeat, best of {args.repeats} (interleaved)", flush=True)
-    us = run_table2(args.steps, args.repeats)
+    us = run_table2(args.steps, args.repeats, args.numpy_layout)
     step_names = [k for k in ("loop", "torch", "numpy") if k in us]
     print_table("", ["us/step (best)", *[IMPLS[k].name.replace(" (loop)", "") for k in step_names]],
                 [["", *[f"{us[k]:.1f}" for k in step_names]]])

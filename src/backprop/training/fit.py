@@ -274,10 +274,10 @@ def fit(
                                check_finite=False)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             history.epochs += 1
+            for cb in callbacks:  # first, so metrics a callback adds to logs are recorded and printed
+                cb.on_epoch_end(epoch, logs)
             history.record(epoch, logs)
             progress.end_epoch(logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
             if model.stop_training:
                 history.stopped_early = True
                 break
