@@ -3,7 +3,7 @@
 Run from the repository root::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_train.py          # the fair comparison
-    python benchmarks/mlp_train.py --quick                                              # ~1 minute
+    python benchmarks/mlp_train.py --quick                                              # ~15-30 s
     python benchmarks/mlp_train.py --profile                                            # where backprop's time goes
 
 Table 1: samples/second of one training epoch on MNIST-shaped synthetic data (60000 x 784 float32 in
@@ -535,9 +535,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--numpy-layout", choices=("in_out", "out_in"), default="in_out",
                    help="weight layout of the hand-written NumPy MLP: (in, out), the natural hand-written "
                         "choice, or (out, in) like PyTorch and backprop (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer samples, steps and repeats (~1 minute)")
+    p.add_argument("--quick", action="store_true", help="fewer samples, steps and repeats (~15-30 s)")
     p.add_argument("--profile", action="store_true",
-                   help="only cProfile one backprop epoch at batch 32 and print the top 25 functions by tottime")
+                   help="only cProfile one backprop epoch (idiomatic loop, --samples samples, batch "
+                        "--profile-batch-size) and print the top 25 functions by tottime")
     p.add_argument("--profile-batch-size", type=int, default=32, help="batch size for --profile (default 32)")
     args = p.parse_args(argv)
     quick = args.quick

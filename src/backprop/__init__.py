@@ -8,15 +8,27 @@
 array([[2., 4.]], dtype=float32)
 """
 
-from backprop.engine import *  # noqa: F403
-from backprop.engine import __all__ as _engine_all
+from backprop import data, datasets, io, nn, optim, training
+from backprop.data import DataLoader
+from backprop.engine import *
 from backprop.engine.random import get_rng, manual_seed
-from backprop import data, datasets, nn, optim  # noqa: E402
-from backprop.data import DataLoader  # noqa: E402
-from backprop.training import (  # noqa: E402
-    Callback, History, LambdaCallback, TrainingDiverged, evaluate, fit, predict,
+from backprop.training import (
+    Callback,
+    History,
+    LambdaCallback,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    predict,
 )
 
 __version__ = "0.1.0"
-__all__ = [*_engine_all, "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
-           "data", "datasets", "evaluate", "fit", "get_rng", "manual_seed", "nn", "optim", "predict"]
+__all__ = [  # noqa: RUF022 - the engine's names first, then the rest
+    "DEFAULT_DTYPE", "Function", "REGISTRY", "Tensor", "abs", "add", "argmax", "argmin", "as_tensor", "clip",
+    "concatenate", "div", "enable_grad", "exp", "gelu", "gradcheck", "is_grad_enabled", "leaky_relu", "log",
+    "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mul", "neg", "no_grad",
+    "ops", "pow", "register", "relu", "reshape", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
+    "tensor", "transpose", "unbroadcast", "where",
+    "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
+    "data", "datasets", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "optim", "predict", "training",
+]

@@ -306,11 +306,17 @@ class Cast(Function):
 
 # ------------------------------------------------------------------------------- softmax family (stable)
 def _axis_cases(name: str, fn, torch_fn, domain: str = "real") -> list[Case]:
-    return [
-        Case(f"{name}(axis={ax}){shape}", (lambda f, a: lambda x: f(x, a))(fn, ax), [sample(shape, domain, seed=4)],
-             (lambda f, a: lambda T, x: f(T, x, a))(torch_fn, ax))
-        for shape, ax in [((3,), 0), ((2, 3), -1), ((2, 3), 0), ((2, 3, 4), 1)]
-    ]
+    out = []
+    for shape, ax in [((3,), 0), ((2, 3), -1), ((2, 3), 0), ((2, 3, 4), 1)]:
+
+        def ours(x, ax=ax):
+            return fn(x, ax)
+
+        def theirs(T, x, ax=ax):
+            return torch_fn(T, x, ax)
+
+        out.append(Case(f"{name}(axis={ax}){shape}", ours, [sample(shape, domain, seed=4)], theirs))
+    return out
 
 
 @register(cases(*_axis_cases("softmax", lambda x, a: x.softmax(a), lambda T, x, a: x.softmax(a))))
@@ -574,7 +580,7 @@ def div(a: Any, b: Any) -> Tensor:
     return Div.apply(a, b)
 
 
-def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - the math name
+def pow(a: Any, b: Any) -> Tensor:
     a, b = _lift_all((a, b))
     return Pow.apply(a, b)
 
@@ -612,7 +618,7 @@ def sqrt(x: Any) -> Tensor:
     return Sqrt.apply(_t(x))
 
 
-def abs(x: Any) -> Tensor:  # noqa: A001 - the math name
+def abs(x: Any) -> Tensor:
     return Abs.apply(_t(x))
 
 
@@ -639,7 +645,7 @@ def gelu(x: Any, approximate: str = "none") -> Tensor:
     return GELU.apply(_t(x), approximate=approximate)
 
 
-def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
     """Limit values to [min, max]; the gradient is 0 where a value was clipped."""
     if min is None and max is None:
         raise ValueError("clip: give at least one of min and max")
@@ -658,7 +664,7 @@ def logsumexp(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return LogSumExp.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
-def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return Sum.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
@@ -670,11 +676,11 @@ def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return s * (1.0 / n)
 
 
-def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return Max.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
-def min(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def min(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return Min.apply(_t(x), axis=axis, keepdims=keepdims)
 
 

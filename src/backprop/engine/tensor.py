@@ -181,7 +181,7 @@ class Tensor:
     5.0
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __slots__ = ("__weakref__", "_ctx", "data", "grad", "requires_grad")
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__ instead of broadcasting elementwise
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:

@@ -2,7 +2,17 @@
 
 from backprop.nn import functional, init
 from backprop.nn.layers import (
-    GELU, Dropout, Flatten, Identity, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh,
+    GELU,
+    Dropout,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
 )
 from backprop.nn.module import Module, ModuleList, Parameter, Sequential
 

@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from backprop.engine.blas import linear_forward, weight_grad
 from backprop.engine.ops import (  # noqa: F401  (activations re-exported for F.relu etc.)
-    gelu, leaky_relu, log_softmax, logsumexp, relu, sigmoid, softmax, tanh,
+    gelu,
+    leaky_relu,
+    log_softmax,
+    logsumexp,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
 )
 from backprop.engine.random import get_rng
 from backprop.engine.registry import Case, cases, register, sample
@@ -43,7 +51,7 @@ class Linear(Function):
     def forward(self, x, w, b=None):
         self.x, self.w = x, w
         try:
-            y = x @ w.T
+            y = linear_forward(x, w)
         except ValueError:
             raise ValueError(
                 f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}) but the weight "
@@ -58,7 +66,7 @@ class Linear(Function):
         gx = g @ w if needs[0] else None
         if x.ndim != 2:
             x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, w.shape[0])
-        gw = g.T @ x if needs[1] else None
+        gw = weight_grad(g, x) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         return gx, gw, (g.sum(axis=0) if needs[2] else None)
@@ -194,13 +202,13 @@ def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     return _reduce(-log_probs[np.arange(n), target], reduction, "nll_loss")
 
 
-def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002
+def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error (the quadratic cost). Composed."""
     d = input - _as_target(target, input, "mse_loss")
     return _reduce(d * d, reduction, "mse_loss")
 
 
-def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002
+def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean absolute error. Composed."""
     return _reduce((input - _as_target(target, input, "l1_loss")).abs(), reduction, "l1_loss")
 

@@ -16,7 +16,7 @@ class Callback:
     """Base class: override any hook. ``self.model`` and ``self.params`` are set by ``fit``."""
 
     model: Any = None
-    params: dict[str, Any] = {}
+    params: dict[str, Any] | None = None
 
     def set_model(self, model: Any) -> None:
         self.model = model

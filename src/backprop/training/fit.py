@@ -149,7 +149,7 @@ def _positive(name: str, value: Any, kind: type = int, allow_zero: bool = False)
 
 
 def _split_validation(x, y, fraction, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n_val = int(round(len(x) * fraction))
+    n_val = round(len(x) * fraction)
     if n_val < 1 or n_val >= len(x):
         raise ValueError(f"fit: validation_split={fraction} leaves {len(x) - n_val} training and {n_val} validation samples")
     order = rng.permutation(len(x))
