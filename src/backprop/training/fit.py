@@ -397,7 +397,7 @@ class _Progress:
         self.close()
         if self.verbose:
             parts = " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {self.epoch + 1}/{self.epochs} - {seconds:.1f}s - {parts}", flush=True)
+            print(f"Epoch {self.epoch + 1}/{self.epochs} - {seconds:.2f}s - {parts}", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
