@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.data.datasets import _is_number
+
 EXIT_USAGE = 2
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
@@ -35,44 +37,25 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- parsing
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, ok: Any, expected: str) -> Any:
+    """An argparse type: parse ``text`` as ``kind`` and accept it if ``ok(value)``, else say what was expected."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(float, lambda v: np.isfinite(v) and v > 0, "a positive finite number")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _hidden(text: str) -> list[int]:
@@ -348,7 +331,7 @@ def _read_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
-            if not rows and header is None and not any(_is_number(c) for c in row):
+            if not rows and header is None and not any(_is_number(c.strip()) for c in row):
                 header = [c.strip() for c in row]
                 continue
             if label_column is not None:
@@ -368,14 +351,6 @@ def _read_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
     if not rows:
         raise CLIError(f"{path} holds no data rows")
     return np.asarray(rows, dtype=np.float32)
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------- main
