@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop.cli import trace
 from backprop.data.datasets import _is_number
 
 EXIT_USAGE = 2
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="CSV of feature rows (a header row is allowed)")
     p.add_argument("--label-column", help="drop this column if the file also holds labels")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    trace.add_parser(sub)
     return parser
 
 
@@ -354,7 +356,7 @@ def _read_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- main
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "trace": trace.cmd_trace}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -495,7 +495,7 @@ def _tensors_of(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for name, value in state.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be strings, got {name!r}")
-        arr = np.ascontiguousarray(value.data if isinstance(value, Tensor) else value)
+        arr = np.asarray(value.data if isinstance(value, Tensor) else value, order="C")  # NOTE: keeps 0-d shape
         if arr.dtype.name not in _SAVE_DTYPES:
             raise TypeError(f"tensor {name!r} has dtype {arr.dtype}; only float and integer tensors can be saved")
         out[name] = arr

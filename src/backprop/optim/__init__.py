@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from backprop.optim import lr_scheduler
+
 from .adam import Adam, AdamW
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
@@ -17,7 +19,7 @@ from .sgd import SGD
 
 # (The ``lr_scheduler`` subpackage will live next to these modules.)
 
-__all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get"]
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get", "lr_scheduler"]
 
 #: Optimizer classes by the (lower-case) names :func:`get` accepts.
 OPTIMIZERS: dict[str, type[Optimizer]] = {

@@ -16,10 +16,10 @@ With N samples and batch size B an epoch is ceil(N/B) iterations in which every 
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,10 @@ from backprop.engine.tensor import Tensor, no_grad
 from backprop.nn import functional as F
 from backprop.nn.layers import Linear
 from backprop.nn.module import Module
-from backprop.training.callbacks import Callback
+from backprop.nn.utils import clip_grad_norm_, clip_grad_value_
+from backprop.training.callbacks import Callback, LearningRateScheduler, ProgressBar, _Progress
 from backprop.training.history import History
-from backprop.training.metrics import METRICS, correct
+from backprop.training.metrics import Metric, _true_classes, get_metric
 
 LossFn = Callable[[Tensor, np.ndarray], Tensor]
 
@@ -148,13 +149,110 @@ def _positive(name: str, value: Any, kind: type = int, allow_zero: bool = False)
         raise ValueError(f"fit: {name} must be {need} {'integer' if kind is int else 'finite number'}, got {value!r}")
 
 
-def _split_validation(x, y, fraction, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split_validation(x, y, fraction, rng) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_val, y_val, train_indices, val_indices): a random held-out fraction."""
     n_val = round(len(x) * fraction)
     if n_val < 1 or n_val >= len(x):
         raise ValueError(f"fit: validation_split={fraction} leaves {len(x) - n_val} training and {n_val} validation samples")
     order = rng.permutation(len(x))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return x[train_idx], y[train_idx], x[val_idx], y[val_idx], val_idx
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx], train_idx, val_idx
+
+
+# -------------------------------------------------------------------------------------- sample weights
+def _per_sample_loss(loss: str | Callable[..., Tensor]) -> Callable[[Tensor, np.ndarray], Tensor]:
+    """``(outputs, targets) -> (N,)`` losses per sample, whose plain mean is the loss ``get_loss`` gives."""
+
+    def per_sample(t: Tensor) -> Tensor:  # mean over every axis but the first
+        return t if t.ndim == 1 else t.reshape(t.shape[0], -1).mean(axis=1)
+
+    if loss == "cross_entropy":
+        return lambda out, y: F.cross_entropy(out, y, reduction="none")
+    if loss == "nll":
+        return lambda out, y: F.nll_loss(out, y, reduction="none")
+    if loss == "quadratic":
+        def quadratic(out: Tensor, y: Any) -> Tensor:
+            d = out - F._as_target(y, out, "quadratic_loss")
+            d2 = d * d
+            return (d2 if d2.ndim == 1 else d2.reshape(d2.shape[0], -1).sum(axis=1)) * 0.5
+
+        return _one_hot_if_labels(quadratic)
+    if isinstance(loss, str) and loss in _DENSE_LOSSES:
+        fn = _DENSE_LOSSES[loss]
+        return _one_hot_if_labels(lambda out, y: per_sample(fn(out, y, reduction="none")))
+    if callable(loss):
+        try:
+            takes = "reduction" in inspect.signature(loss).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if takes:
+            return lambda out, y: per_sample(loss(out, y, reduction="none"))
+    raise ValueError("fit: class_weight and sample_weight need a loss per sample: use a loss name "
+                     f"({', '.join(LOSSES)}) or a callable that accepts reduction='none'")
+
+
+def _sample_weights(y: np.ndarray, class_weight: Any, sample_weight: np.ndarray | None) -> np.ndarray | None:
+    """One weight per training sample: sample_weight times the weight of the sample's class."""
+    if class_weight is None and sample_weight is None:
+        return None
+    w = np.ones(len(y), dtype=np.float64) if sample_weight is None else sample_weight.astype(np.float64)
+    if class_weight is not None:
+        labels = _true_classes(y)
+        if labels.min(initial=0) < 0:
+            raise ValueError("fit: class_weight needs class labels >= 0")
+        counts = np.bincount(labels)
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"fit: class_weight must be a dict or 'balanced', got {class_weight!r}")
+            # sklearn's compute_class_weight("balanced"): n_samples / (n_classes * count of the class)
+            present = np.count_nonzero(counts)
+            table = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
+        elif isinstance(class_weight, Mapping):
+            top = max([len(counts) - 1, *[int(k) for k in class_weight if _is_class(k)]])
+            table = np.ones(top + 1, dtype=np.float64)  # classes left out keep weight 1
+            for k, v in class_weight.items():
+                if not _is_class(k):
+                    raise ValueError(f"fit: class_weight keys must be class indices (integers >= 0), got {k!r}")
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not v >= 0 \
+                        or not math.isfinite(v):
+                    raise ValueError(f"fit: class_weight[{k}] must be a finite number >= 0, got {v!r}")
+                table[int(k)] = float(v)
+        else:
+            raise TypeError(f"fit: class_weight must be a dict {{class: weight}} or 'balanced', "
+                            f"got {type(class_weight).__name__}")
+        w *= table[labels]
+    return w
+
+
+def _is_class(k: Any) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0
+
+
+def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "biuf" or sw.shape != (n,):
+        raise ValueError(f"fit: sample_weight must be {n} numbers (one per sample), got an array of shape "
+                         f"{sw.shape} and dtype {sw.dtype}")
+    sw = sw.astype(np.float64)
+    if not np.isfinite(sw).all() or (sw < 0).any():
+        raise ValueError("fit: sample_weight must be finite and >= 0")
+    return sw
+
+
+def _weighted(per_sample: Callable[[Tensor, np.ndarray], Tensor]) -> Callable[[Tensor, np.ndarray, np.ndarray],
+                                                                                tuple[Tensor, float]]:
+    """sum(w_i * loss_i) / sum(w_i) over the batch, and sum(w_i)."""
+
+    def loss(out: Tensor, y: np.ndarray, w: np.ndarray) -> tuple[Tensor, float]:
+        per = per_sample(out, y)
+        if per.shape != (len(w),):
+            raise ValueError(f"fit: the per-sample loss has shape {per.shape}, expected ({len(w)},)")
+        total = float(w.sum())
+        return (per * Tensor(w.astype(per.dtype))).sum() * (1.0 / total if total > 0 else 0.0), total
+
+    return loss
 
 
 # -------------------------------------------------------------------------------------------------- fit
@@ -176,17 +274,44 @@ def fit(
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
     check_finite: bool = True,
+    scheduler: Any = None,
+    scheduler_interval: str = "epoch",
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+    class_weight: Mapping[int, float] | str | None = None,
+    sample_weight: Any = None,
 ) -> History:
     """Train ``model`` on (x, y) by mini-batch backpropagation; return the History of every epoch.
 
     ``optimizer`` is a name ("sgd", "adam", "adamw", "rmsprop", built with ``lr``), an Optimizer, or a
     callable ``params -> Optimizer``. ``loss`` is a name (cross_entropy, nll, mse, quadratic, l1, bce) or
-    ``callable(outputs, targets) -> Tensor``. ``validation_split`` holds out that fraction of the samples,
-    drawn at random with ``seed`` (``history.validation_indices`` says which), never the last rows.
+    ``callable(outputs, targets) -> Tensor``. ``metrics``: names (``"accuracy"``, ``"top_5_accuracy"``,
+    ``"macro_f1"``... see :mod:`backprop.training.metrics`) or functions ``(outputs, y) -> float``, computed
+    over each epoch. ``validation_split`` holds out that fraction of the samples, drawn at random with
+    ``seed`` (``history.validation_indices`` says which), never the last rows.
     ``seed`` seeds the shuffling, the split and backprop's global generator (dropout): with the same
     initial model (``bp.manual_seed`` before building it) a run is reproducible to the bit.
     ``verbose``: 0 silent, 1 a progress bar per epoch in a terminal (one line per epoch otherwise),
     2 one line per epoch. Ctrl-C stops after the current step and returns History with ``interrupted``.
+
+    ``callbacks``: :mod:`backprop.training.callbacks` (EarlyStopping, ModelCheckpoint, CSVLogger,
+    LearningRateScheduler, TerminateOnNaN, ProgressBar, TensorBoard...). Their ``on_train_end`` runs however
+    training ends. ``scheduler``: a learning-rate scheduler built on the optimizer (then pass that optimizer
+    too), or a factory ``optimizer -> scheduler``; stepped every epoch or, with ``scheduler_interval="step"``,
+    after every optimizer step; ``lr`` is then recorded in the History.
+
+    ``clip_value`` clamps every gradient entry to [-clip_value, clip_value], then ``clip_norm`` rescales all
+    gradients together so that their global L2 norm is at most ``clip_norm`` (PyTorch's
+    ``clip_grad_norm_``, Keras's ``global_clipnorm``), between ``backward`` and the optimizer step.
+
+    ``sample_weight`` (one number >= 0 per sample) and ``class_weight`` (``{class: weight}``, classes left
+    out weigh 1, or ``"balanced"``: n_samples / (n_classes * count), as sklearn, counted on the training
+    samples left after ``validation_split``) weight each sample's loss (their product when both are
+    given). A batch's loss is ``sum(w_i * loss_i) / sum(w_i)``: PyTorch's ``CrossEntropyLoss(weight=...)``
+    convention (Keras divides by the batch size instead), so the weights' scale does not change the
+    learning rate. The History's ``loss`` is the weighted loss; metrics and the
+    validation loss are unweighted. A NaN or infinite loss raises :class:`TrainingDiverged` (with the
+    History so far as ``err.history``) unless a callback such as ``TerminateOnNaN`` stops training.
     """
     _positive("batch_size", batch_size)
     _positive("epochs", epochs, allow_zero=True)
@@ -196,118 +321,178 @@ def fit(
         raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
     if verbose not in (0, 1, 2):
         raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+    for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if value is not None:
+            _positive(name, value, float)
     x, y = _check_xy(x, y, "fit", check_finite, model.dtype)
     _check_features(model, x, "fit")
     y = _check_labels(model, y, loss, "fit")
+    sample_weight = _check_sample_weight(sample_weight, len(x))
+    weighted = class_weight is not None or sample_weight is not None
     loss_fn = get_loss(loss)
-    metric_fns = _resolve_metrics(metrics, y)
+    weighted_loss = _weighted(_per_sample_loss(loss)) if weighted else None
+    metric_list = _resolve_metrics(metrics, y)
 
     seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None, None, None]
     if seed is not None:
         manual_seed(int(seeds[1].generate_state(1)[0]))
     history = History()
     if validation_split:
-        x, y, xv, yv, history.validation_indices = _split_validation(x, y, validation_split, np.random.default_rng(seeds[2]))
+        x, y, xv, yv, train_idx, history.validation_indices = _split_validation(
+            x, y, validation_split, np.random.default_rng(seeds[2]))
         validation_data = (xv, yv)
+        if sample_weight is not None:
+            sample_weight = sample_weight[train_idx]
     if validation_data is not None:
         xv, yv = _check_xy(validation_data[0], validation_data[1], "fit (validation_data)", check_finite, model.dtype)
         yv = _check_labels(model, yv, loss, "fit (validation_data)")
+    weights = _sample_weights(y, class_weight, sample_weight) if weighted else None
 
     # NOTE: lr goes to names and Optimizer classes; an Optimizer instance or a factory carries its own
     if isinstance(optimizer, str) or (isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer)):
         opt = optim.get(optimizer, model.parameters(), lr=lr)
     else:
         opt = optim.get(optimizer, model.parameters())
-    loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seeds[0])
+    callbacks = list(callbacks)
+    if scheduler is not None:
+        if isinstance(scheduler, type) or (not callable(getattr(scheduler, "step", None)) and callable(scheduler)):
+            scheduler = scheduler(opt)
+        callbacks.insert(0, LearningRateScheduler(scheduler, interval=scheduler_interval))
+    # ProgressBars print the epoch line with every log: after the callbacks that add logs
+    callbacks.sort(key=lambda cb: isinstance(cb, ProgressBar))
+    has_bar = bool(callbacks) and isinstance(callbacks[-1], ProgressBar)
+    record_lr = any(isinstance(cb, LearningRateScheduler) for cb in callbacks)
+    # the weighted path draws sample indices, to gather targets and weights alike (same shuffling)
+    loader = DataLoader(x, np.arange(len(x)) if weighted else y, batch_size=batch_size, shuffle=shuffle,
+                        seed=seeds[0])
     n_batches = len(loader)
     history.params = {"epochs": epochs, "batch_size": batch_size, "steps": n_batches, "samples": len(x)}
     model.stop_training = False
     for cb in callbacks:
         cb.set_model(model)
         cb.set_params(history.params)
-        cb.on_train_begin({})
+        set_optimizer = getattr(cb, "set_optimizer", None)
+        if set_optimizer is not None:
+            set_optimizer(opt)
     params = list(model.parameters())
     batch_hooks = [cb for cb in callbacks if _overrides(cb, "on_train_batch_begin") or _overrides(cb, "on_train_batch_end")]
-    progress = _Progress(verbose, epochs, n_batches)
+    clipping = clip_norm is not None or clip_value is not None
+    progress = _Progress(0 if has_bar else verbose, epochs, n_batches)
     logs: dict[str, float] = {}
+    begun: list[Callback] = []
 
     try:
-        for epoch in range(epochs):
+        try:
             for cb in callbacks:
-                cb.on_epoch_begin(epoch, {})
-            model.train()
-            progress.start_epoch(epoch)
-            total_loss, total_correct, seen = 0.0, 0, 0
-            snapshot = [p.data.copy() for p in params]  # finite weights to fall back on if a step overflows
-            metric_sums = dict.fromkeys(metric_fns, 0.0)
-            for batch, (xb, yb) in enumerate(loader):
-                for cb in batch_hooks:
-                    cb.on_train_batch_begin(batch, {})
-                opt.zero_grad()
-                out = model(Tensor(xb))
-                loss_t = loss_fn(out, yb)
-                loss_value = float(loss_t.data)
-                if not math.isfinite(loss_value):
-                    raise _diverged(loss_value, epoch, batch, history.iterations, model, snapshot)
-                loss_t.backward()
-                opt.step()
-                n = len(xb)
-                seen += n
-                total_loss += loss_value * n
-                if "accuracy" in metric_fns:
-                    total_correct += correct(out.data, yb)
-                for name, fn in metric_fns.items():
-                    if name != "accuracy":
-                        metric_sums[name] += fn(out.data, yb) * n
-                history.iterations += 1
-                history.samples_seen += n
-                progress.step(n, loss_value)
-                for cb in batch_hooks:
-                    cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
+                cb.on_train_begin({})
+                begun.append(cb)
+            for epoch in range(epochs):
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch, {})
+                model.train()
+                progress.start_epoch(epoch)
+                total_loss, loss_weight, seen, nan_loss = 0.0, 0.0, 0, None
+                snapshot = [p.data.copy() for p in params]  # finite weights to fall back on if a step overflows
+                for m in metric_list:
+                    m.reset()
+                for batch, (xb, yb) in enumerate(loader):
+                    if weighted:
+                        wb, yb = weights[yb], y[yb]
+                    for cb in batch_hooks:
+                        cb.on_train_batch_begin(batch, {})
+                    opt.zero_grad()
+                    out = model(Tensor(xb))
+                    n = len(xb)
+                    if weighted:
+                        loss_t, batch_weight = weighted_loss(out, yb, wb)
+                    else:
+                        loss_t, batch_weight = loss_fn(out, yb), n
+                    loss_value = float(loss_t.data)
+                    if not math.isfinite(loss_value):
+                        bad = _restore_if_overflowed(model, snapshot)
+                        for cb in batch_hooks:
+                            cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
+                        if not model.stop_training:
+                            err = _diverged(loss_value, epoch, batch, history.iterations, bad)
+                            err.history = history
+                            raise err
+                        history.terminated_on_nan, nan_loss = True, loss_value
+                        break
+                    loss_t.backward()
+                    if clipping:
+                        if clip_value is not None:
+                            clip_grad_value_(params, clip_value)
+                        if clip_norm is not None:
+                            clip_grad_norm_(params, clip_norm)
+                    opt.step()
+                    seen += n
+                    total_loss += loss_value * batch_weight
+                    loss_weight += batch_weight
+                    for m in metric_list:
+                        m.update(out.data, yb)
+                    history.iterations += 1
+                    history.samples_seen += n
+                    progress.step(n, loss_value)
+                    for cb in batch_hooks:
+                        cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
+                    if model.stop_training:
+                        break
+                if nan_loss is not None:
+                    logs = {"loss": nan_loss}
+                else:
+                    logs = {"loss": total_loss / loss_weight if loss_weight else (0.0 if seen else math.nan)}
+                for m in metric_list:
+                    logs[m.name] = m.result()
+                if validation_data is not None:
+                    val = evaluate(model, xv, yv, loss=loss, metrics=metrics, batch_size=max(batch_size, 512),
+                                   check_finite=False)
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                if record_lr:
+                    logs["lr"] = float(opt.param_groups[0]["lr"])
+                history.epochs += 1
+                for cb in callbacks:  # first, so metrics a callback adds to logs are recorded and printed
+                    cb.on_epoch_end(epoch, logs)
+                history.record(epoch, logs)
+                progress.end_epoch(logs)
                 if model.stop_training:
+                    history.stopped_early = True
                     break
-            logs = {"loss": total_loss / max(seen, 1)}
-            for name in metric_fns:
-                logs[name] = total_correct / max(seen, 1) if name == "accuracy" else metric_sums[name] / max(seen, 1)
-            if validation_data is not None:
-                val = evaluate(model, xv, yv, loss=loss, metrics=list(metric_fns), batch_size=max(batch_size, 512),
-                               check_finite=False)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            history.epochs += 1
-            for cb in callbacks:  # first, so metrics a callback adds to logs are recorded and printed
-                cb.on_epoch_end(epoch, logs)
-            history.record(epoch, logs)
-            progress.end_epoch(logs)
-            if model.stop_training:
-                history.stopped_early = True
-                break
-    except KeyboardInterrupt:
-        history.interrupted = True
-        progress.close()
-        if verbose:
-            print("training interrupted: returning the history so far", file=sys.stderr)
-    finally:
+        except KeyboardInterrupt:
+            history.interrupted = True
+            progress.close()
+            if verbose:
+                print("training interrupted: returning the history so far", file=sys.stderr)
+    finally:  # whatever ended training (epochs, a callback, Ctrl-C, divergence, an error)
         progress.close()
         model.eval()
-    for cb in callbacks:
-        cb.on_train_end(logs)
+        for cb in begun:
+            cb.on_train_end(logs)
     return history
 
 
-def _diverged(loss_value: float, epoch: int, batch: int, steps: int, model: Module,
-              snapshot: list[np.ndarray]) -> TrainingDiverged:
-    """The error for a non-finite loss; restores the epoch's first weights if the last update overflowed."""
-    where = f"epoch {epoch + 1}, iteration {batch + 1} (step {steps + 1})"
+def _restore_if_overflowed(model: Module, snapshot: list[np.ndarray]) -> str | None:
+    """If the last update made a weight non-finite, restore the epoch's first weights; the bad parameter's name."""
     bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    if not bad:
+        return None
+    for p, saved in zip(model.parameters(), snapshot):
+        p.data[...] = saved
+    return bad[0]
+
+
+def _diverged(loss_value: float, epoch: int, batch: int, steps: int, bad: str | None) -> TrainingDiverged:
+    """The error for a non-finite loss (after :func:`_restore_if_overflowed`)."""
+    where = f"epoch {epoch + 1}, iteration {batch + 1} (step {steps + 1})"
     if bad:
-        for p, saved in zip(model.parameters(), snapshot):
-            p.data[...] = saved
-        kept = (f"the previous update overflowed parameter '{bad[0]}', so the weights from the start of "
+        kept = (f"the previous update overflowed parameter '{bad}', so the weights from the start of "
                 f"epoch {epoch + 1} were restored")
     else:
         kept = "the model keeps the weights of the last finite step"
     return TrainingDiverged(
-        f"the loss became {loss_value} at {where}; {kept}. Try a lower learning rate (or gradient clipping)."
+        f"the loss became {loss_value} at {where}; {kept}. Try a lower learning rate (or gradient clipping: "
+        "clip_norm=...), or add the TerminateOnNaN callback to stop without an error."
     )
 
 
@@ -315,18 +500,14 @@ def _overrides(cb: Callback, hook: str) -> bool:
     return getattr(type(cb), hook, None) is not getattr(Callback, hook) or hook in vars(cb)
 
 
-def _resolve_metrics(metrics: Sequence[str | Callable], y: np.ndarray | None) -> dict[str, Callable]:
-    out: dict[str, Callable] = {}
-    for m in metrics:
-        if callable(m):
-            out[getattr(m, "__name__", "metric")] = m
-        elif m in METRICS:
-            # NOTE: accuracy needs classes: integer labels or probability rows; regression targets skip it
-            if m == "accuracy" and y is not None and y.dtype.kind == "f" and y.ndim == 1:
-                continue
-            out[m] = METRICS[m]
-        else:
-            raise ValueError(f"unknown metric {m!r}; expected one of {', '.join(METRICS)} or a callable")
+def _resolve_metrics(metrics: Sequence[str | Callable], y: np.ndarray | None) -> list[Metric]:
+    out: list[Metric] = []
+    for spec in metrics:
+        m = get_metric(spec)
+        # NOTE: built-in metrics need classes: integer labels or probability rows; regression targets skip them
+        if isinstance(spec, str) and y is not None and y.dtype.kind == "f" and y.ndim == 1:
+            continue
+        out.append(m)
     return out
 
 
@@ -358,48 +539,8 @@ def evaluate(model: Module, x: Any, y: Any, *, loss: str | Callable[..., Tensor]
         total = sum(float(loss_fn(Tensor(out[i:i + batch_size]), y[i:i + batch_size]).data) * len(y[i:i + batch_size])
                     for i in range(0, len(y), batch_size))
     result = {"loss": total / len(y)}
-    for name, fn in _resolve_metrics(metrics, y).items():
-        result[name] = float(fn(out, y))
+    for m in _resolve_metrics(metrics, y):
+        m.reset()
+        m.update(out, y)
+        result[m.name] = float(m.result())
     return result
-
-
-# ------------------------------------------------------------------------------------------------ output
-class _Progress:
-    """A tqdm bar per epoch in a terminal; one summary line per epoch (also in logs and pipes)."""
-
-    def __init__(self, verbose: int, epochs: int, steps: int) -> None:
-        self.verbose, self.epochs, self.steps = verbose, epochs, steps
-        self.use_bar = verbose == 1 and sys.stderr.isatty()
-        self.bar = None
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.t0, self.samples, self.loss_sum, self.last = epoch, time.perf_counter(), 0, 0.0, 0.0
-        if self.use_bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.steps, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="it", leave=False,
-                            dynamic_ncols=True, mininterval=0.1)
-
-    def step(self, n: int, loss: float) -> None:
-        if self.bar is None:
-            return
-        self.samples += n
-        self.loss_sum += loss * n
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self.last > 0.2:
-            self.last = now
-            rate = self.samples / max(now - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"loss={self.loss_sum / self.samples:.4f}, {rate:,.0f} samples/s", refresh=False)
-
-    def end_epoch(self, logs: dict[str, float]) -> None:
-        seconds = time.perf_counter() - self.t0
-        self.close()
-        if self.verbose:
-            parts = " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {self.epoch + 1}/{self.epochs} - {seconds:.2f}s - {parts}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None

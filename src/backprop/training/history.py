@@ -17,7 +17,9 @@ class History:
 
     ``epochs`` completed epochs, ``iterations`` optimizer steps (mini-batches), ``samples_seen`` samples
     that went through a training step; with N samples and batch size B one epoch adds ceil(N/B) iterations
-    and N samples. ``interrupted`` is True when Ctrl-C ended training early.
+    and N samples. ``interrupted`` is True when Ctrl-C ended training early, ``stopped_early`` when a
+    callback set ``model.stop_training`` (EarlyStopping, TerminateOnNaN...), ``terminated_on_nan`` when
+    training stopped at a NaN/infinite loss (:class:`~backprop.training.callbacks.TerminateOnNaN`).
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -28,6 +30,7 @@ class History:
     samples_seen: int = 0
     interrupted: bool = False
     stopped_early: bool = False
+    terminated_on_nan: bool = False
 
     def record(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -40,4 +43,5 @@ class History:
     def __repr__(self) -> str:
         keys = ", ".join(self.history)
         return (f"History(epochs={self.epochs}, iterations={self.iterations}, samples_seen={self.samples_seen}, "
-                f"metrics=[{keys}]{', interrupted=True' if self.interrupted else ''})")
+                f"metrics=[{keys}]{', interrupted=True' if self.interrupted else ''}"
+                f"{', terminated_on_nan=True' if self.terminated_on_nan else ''})")
