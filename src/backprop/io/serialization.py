@@ -213,6 +213,63 @@ def _register_builtin_layers() -> None:
     register_layer(L.LogSoftmax, {"dim": int})
     register_layer(L.Flatten, {"start_dim": int})
     register_layer(L.Dropout, {"p": Arg(float, check=lambda v: 0.0 <= v < 1.0, expect="a number in [0, 1)")})
+    register_layer(L.Unflatten, {"dim": Arg(int, required=True), "unflattened_size": Arg(
+        list, check=lambda v: 0 < len(v) <= 8 and all(_small_int(i, -1) for i in v), expect="a list of sizes",
+        required=True)})
+    _register_layer_families()
+
+
+def _small_int(v: Any, low: int = 0, high: int = 1 << 20) -> bool:
+    """An int in [low, high]: sizes in a model file are bounded, so a crafted file cannot ask for huge arrays."""
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _ints_or_int(low: int, required: bool = False, allow_str: tuple[str, ...] = ()) -> Arg:
+    """An int, a list of ints (a pair for 2-D layers), or one of the strings ``allow_str``."""
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, str):
+            return v in allow_str
+        return _small_int(v, low) or (isinstance(v, list) and 0 < len(v) <= 3 and all(_small_int(i, low) for i in v))
+
+    types: tuple[type, ...] = (int, list, str) if allow_str else (int, list)
+    return Arg(types, check=ok, expect=f"an integer >= {low} or a list of them"
+               + (f" or one of {allow_str}" if allow_str else ""), required=required)
+
+
+def _register_layer_families() -> None:
+    """Convolution, pooling, normalisation and embedding layers (their own modules in backprop.nn)."""
+    from backprop.nn import conv, embedding, normalization, pooling
+
+    size = Arg(int, check=lambda v: _small_int(v, 1), expect="an integer in [1, 2**20]", required=True)
+    conv_args = {
+        "in_channels": size, "out_channels": size, "kernel_size": _ints_or_int(1, required=True),
+        "stride": _ints_or_int(1), "padding": _ints_or_int(0, allow_str=("same", "valid")),
+        "dilation": _ints_or_int(1), "groups": Arg(int, check=lambda v: _small_int(v, 1), expect="an integer >= 1"),
+        "bias": Arg(bool, get=lambda m: m.bias is not None),
+    }
+    register_layer(conv.Conv2d, conv_args)
+    register_layer(conv.Conv1d, conv_args)
+    optional = Arg((int, list, type(None)), check=lambda v: v is None or _ints_or_int(1).check(v),
+                   expect="an integer >= 1, a list of them or null")
+    register_layer(pooling.MaxPool2d, {"kernel_size": _ints_or_int(1, required=True), "stride": optional,
+                                       "padding": _ints_or_int(0), "dilation": _ints_or_int(1), "ceil_mode": bool})
+    register_layer(pooling.AvgPool2d, {"kernel_size": _ints_or_int(1, required=True), "stride": optional,
+                                       "padding": _ints_or_int(0), "ceil_mode": bool, "count_include_pad": bool,
+                                       "divisor_override": Arg((int, type(None)))})
+    register_layer(pooling.AdaptiveAvgPool2d, {"output_size": _ints_or_int(1, required=True)})
+    norm_args = {"num_features": size, "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"),
+                 "momentum": Arg((float, type(None)), check=lambda v: v is None or 0 <= v <= 1,
+                                 expect="a number in [0, 1] or null"),
+                 "affine": bool, "track_running_stats": bool}
+    register_layer(normalization.BatchNorm1d, norm_args)
+    register_layer(normalization.BatchNorm2d, norm_args)
+    register_layer(normalization.LayerNorm, {
+        "normalized_shape": _ints_or_int(1, required=True),
+        "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"), "elementwise_affine": bool,
+        "bias": Arg(bool, get=lambda m: getattr(m, "bias", None) is not None)})
+    register_layer(embedding.Embedding, {"num_embeddings": size, "embedding_dim": size,
+                                         "padding_idx": Arg((int, type(None)))})
 
 
 _register_builtin_layers()

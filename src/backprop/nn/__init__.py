@@ -1,6 +1,8 @@
 """Layers and losses: ``backprop.nn`` mirrors ``torch.nn``."""
 
-from backprop.nn import functional, init
+from backprop.nn import functional, init, utils
+from backprop.nn.conv import Conv1d, Conv2d
+from backprop.nn.embedding import Embedding
 from backprop.nn.layers import (
     GELU,
     Dropout,
@@ -13,10 +15,16 @@ from backprop.nn.layers import (
     Sigmoid,
     Softmax,
     Tanh,
+    Unflatten,
 )
 from backprop.nn.module import Module, ModuleList, Parameter, Sequential
+from backprop.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from backprop.nn import models  # noqa: E402  (builds on the layers above)
 
 __all__ = [
-    "GELU", "Dropout", "Flatten", "Identity", "LeakyReLU", "Linear", "LogSoftmax", "Module", "ModuleList",
-    "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "init",
+    "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "Dropout",
+    "Embedding", "Flatten", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Module",
+    "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "Unflatten", "functional", "init",
+    "models", "utils",
 ]

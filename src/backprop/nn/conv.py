@@ -30,6 +30,7 @@ gradient needs only W); it is freed when backward has run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -41,7 +42,7 @@ from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
 from backprop.nn import init
 from backprop.nn.module import Module, Parameter
 
-__all__ = ["Conv1d", "Conv1dFn", "Conv2d", "Conv2dFn", "conv1d", "conv2d"]
+__all__ = ["Conv1d", "Conv1dFn", "Conv2d", "Conv2dFn", "conv1d", "conv2d", "release_workspace"]
 
 # Above this size (bytes), the weight gradient avoids the (N, O, K) temporary of the batched product.
 _WGRAD_TEMP_BYTES = 1 << 24
@@ -94,14 +95,90 @@ def _check_groups(groups: Any, owner: str) -> int:
     return int(groups)
 
 
+# ---------------------------------------------------------------------------------------- scratch buffers
+class _Workspace:
+    """Large scratch buffers (im2col columns, padded inputs) kept between training steps and reused.
+
+    Without it every step allocates the columns afresh (10 MB for LeNet-5's first layer at batch 128). glibc
+    serves such sizes with fresh mmap'ed pages, and touching them costs a page fault each: measured ~4000
+    faults per LeNet-5 step, a third of the step's time, depending on glibc's adaptive mmap threshold. A
+    buffer taken here goes back when its owner is done (``_Lease``: when the graph node is released), so
+    the next step gets already-mapped memory. At most ``max_bytes`` are kept; ``release_workspace()``
+    frees them.
+    """
+
+    def __init__(self, max_buffers: int = 8, max_bytes: int = 1 << 28) -> None:
+        self.max_buffers, self.max_bytes = max_buffers, max_bytes
+        self.free: list[np.ndarray] = []  # 1-D uint8 buffers
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        best = -1
+        for i, buf in enumerate(self.free):  # the smallest buffer that fits, if it is not twice too big
+            if nbytes <= buf.nbytes <= 2 * nbytes + 4096 and (best < 0 or buf.nbytes < self.free[best].nbytes):
+                best = i
+        if best < 0:
+            buf = np.empty(max(nbytes, 1), dtype=np.uint8)
+        else:
+            buf = self.free.pop(best)
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+    def give(self, arr: np.ndarray) -> None:
+        buf = arr.base if arr.base is not None else arr
+        while buf.base is not None:
+            buf = buf.base
+        if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1:
+            return  # not one of ours
+        self.free.append(buf)
+        while len(self.free) > self.max_buffers or sum(b.nbytes for b in self.free) > self.max_bytes:
+            self.free.pop(0)
+
+    def clear(self) -> None:
+        self.free.clear()
+
+
+_WORKSPACE = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers convolutions keep between steps (they are re-made on the next call)."""
+    _WORKSPACE.clear()
+
+
+class _Lease:
+    """Holds a workspace buffer; gives it back when deleted (when the graph node that saved it is freed)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the module may be half torn down
+            _WORKSPACE.give(self.array)
+
+
 # ------------------------------------------------------------------------------------------ the kernels
-def _pad(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0) -> np.ndarray:
-    """``x`` (N, C, H, W) with ``pads`` ((top, bottom), (left, right)) of ``value`` around each image."""
+def _pad(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0,
+         scratch: bool = False) -> np.ndarray:
+    """``x`` (N, C, H, W) with ``pads`` ((top, bottom), (left, right)) of ``value`` around each image.
+
+    ``scratch=True``: the padded copy is a workspace buffer, to be given back by the caller.
+    """
     (pt, pb), (pl, pr) = pads
     if not (pt or pb or pl or pr):
         return x
     n, c, h, w = x.shape
-    out = np.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype)
+    shape = (n, c, h + pt + pb, w + pl + pr)
+    if scratch:
+        out = _WORKSPACE.take(shape, x.dtype)
+        out[:, :, :pt] = value
+        out[:, :, pt + h:] = value
+        out[:, :, pt:pt + h, :pl] = value
+        out[:, :, pt:pt + h, pl + w:] = value
+    else:
+        out = np.full(shape, value, dtype=x.dtype)
     out[:, :, pt:pt + h, pl:pl + w] = x
     return out
 
@@ -150,19 +227,30 @@ def _geometry(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple
 
 def _conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
                   pads: tuple[tuple[int, int], ...], dilation: tuple[int, int], groups: int,
-                  oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """out (N, O, OH, OW) and the columns (N, G, C/G*kh*kw, OH*OW) it was computed from."""
+                  oh: int, ow: int) -> tuple[np.ndarray, np.ndarray, _Lease | None]:
+    """out (N, O, OH, OW), the columns (N, G, C/G*kh*kw, OH*OW) it was computed from, and their lease.
+
+    Keep the lease as long as the columns: deleting it hands the buffer back for reuse.
+    """
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     kg = cg * kh * kw
-    xp = _pad(x, pads)
-    # NOTE: reshaping the strided view copies it (im2col); for a 1x1 kernel, stride 1, no padding it is a view
-    cols = _windows(xp, kh, kw, stride, dilation, oh, ow).reshape(n, groups, kg, oh * ow)
+    xp = _pad(x, pads, scratch=True)
+    win = _windows(xp, kh, kw, stride, dilation, oh, ow)
+    if kh == kw == 1 and stride == (1, 1) and xp is x:
+        cols = win.reshape(n, groups, kg, oh * ow)  # a 1x1 convolution: the input itself, no copy
+        lease = None
+    else:  # im2col: one strided copy into a workspace buffer
+        cols = _WORKSPACE.take((n, groups, kg, oh * ow), x.dtype)
+        np.copyto(cols.reshape(win.shape), win)
+        lease = _Lease(cols)
+    if xp is not x:
+        _WORKSPACE.give(xp)
     out = np.matmul(w.reshape(groups, o // groups, kg), cols)  # (N, G, O/G, L): one BLAS product per image
     out = out.reshape(n, o, oh, ow)
     if b is not None:
         out += b.reshape(o, 1, 1)
-    return out, cols
+    return out, cols, lease
 
 
 def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -172,7 +260,11 @@ def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
     temp = n * groups * og * kg * g3.itemsize
     if temp <= max(cols.nbytes, _WGRAD_TEMP_BYTES):
         # per-image products (N, G, O/G, K/G), summed: the fastest for small O/G (LeNet: 2-5x one big product)
-        return np.matmul(g3, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        temp = _WORKSPACE.take((n, groups, og, kg), g3.dtype)
+        np.matmul(g3, cols.transpose(0, 1, 3, 2), out=temp)
+        gw = temp.sum(axis=0)
+        _WORKSPACE.give(temp)
+        return gw
     # many output channels on small images: that temporary would outgrow cols, so transpose both to
     # (G, rows, N*L) (copies no larger than cols) and contract in one product
     gt = g3.transpose(1, 2, 0, 3).reshape(groups, og, n * l_)
@@ -214,11 +306,12 @@ def _conv_backward(ctx: Any, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         gw = _weight_grad(g3, ctx.cols).reshape(w.shape)
         if gw.dtype != w.dtype:
             gw = gw.astype(w.dtype)
-    ctx.cols = None  # the largest buffer: free it before allocating the input gradient
     if needs[0]:
-        dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), g3)
+        dcols = _WORKSPACE.take((n, groups, cg * kh * kw, oh * ow), g.dtype)
+        np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), g3, out=dcols)
         gx = _col2im(dcols.reshape(n, cg * groups, kh, kw, oh, ow), ctx.x_shape, ctx.stride, ctx.pads,
                      ctx.dilation)
+        _WORKSPACE.give(dcols)
         if gx.dtype != ctx.x_dtype:
             gx = gx.astype(ctx.x_dtype)
     if len(needs) == 2:
@@ -293,7 +386,7 @@ class Conv2dFn(Function):
         oh, ow = _geometry(x, w, stride, pads, dilation, groups, owner, "(N, C, H, W)", False)
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{owner}: bias must have shape ({w.shape[0]},), got {b.shape}")
-        out, self.cols = _conv_forward(x, w, b, stride, pads, dilation, groups, oh, ow)
+        out, self.cols, self.lease = _conv_forward(x, w, b, stride, pads, dilation, groups, oh, ow)
         self.w, self.x_shape, self.x_dtype = w, x.shape, x.dtype
         self.b_dtype = None if b is None else b.dtype
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
@@ -323,7 +416,7 @@ class Conv1dFn(Function):
         oh, ow = _geometry(x4, w4, stride, pads, dilation, groups, owner, "(N, C, L)", True)
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{owner}: bias must have shape ({w.shape[0]},), got {b.shape}")
-        out, self.cols = _conv_forward(x4, w4, b, stride, pads, dilation, groups, oh, ow)
+        out, self.cols, self.lease = _conv_forward(x4, w4, b, stride, pads, dilation, groups, oh, ow)
         self.w, self.x_shape, self.x_dtype = w4, x4.shape, x.dtype
         self.b_dtype = None if b is None else b.dtype
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups

@@ -254,3 +254,16 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, rng: np.random.Gen
     if not training or p == 0.0:
         return x
     return Dropout.apply(x, p=p, rng=rng)
+
+
+# The other layer families as functions, so ``F.conv2d``, ``F.batch_norm``... work as in PyTorch.
+from backprop.nn.conv import conv1d, conv2d  # noqa: E402
+from backprop.nn.embedding import embedding  # noqa: E402
+from backprop.nn.normalization import batch_norm, layer_norm  # noqa: E402
+from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+
+__all__ = [
+    "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "conv1d", "conv2d", "cross_entropy", "dropout", "embedding", "gelu", "l1_loss", "layer_norm", "leaky_relu",
+    "linear", "log_softmax", "logsumexp", "max_pool2d", "mse_loss", "nll_loss", "relu", "sigmoid", "softmax", "tanh",
+]

@@ -131,6 +131,28 @@ class Flatten(Module):
         return ops.reshape(x, x.shape[: self.start_dim] + (-1,))
 
 
+class Unflatten(Module):
+    """Split dimension ``dim`` into ``unflattened_size``: (N, 784) -> (N, 1, 28, 28) with Unflatten(1, (1, 28, 28))."""
+
+    def __init__(self, dim: int, unflattened_size: Any) -> None:
+        self.dim = int(dim)
+        self.unflattened_size = tuple(int(s) for s in unflattened_size)
+        if not self.unflattened_size or any(s < 1 and s != -1 for s in self.unflattened_size):
+            raise ValueError(f"Unflatten: unflattened_size must be positive sizes, got {unflattened_size!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            x = Tensor(x)
+        d = self.dim % x.ndim
+        n = x.shape[d]
+        if -1 not in self.unflattened_size and int(np.prod(self.unflattened_size)) != n:
+            raise ValueError(f"Unflatten: dimension {self.dim} has size {n}, which is not {self.unflattened_size}")
+        return ops.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
+
 class Dropout(Module):
     """Inverted dropout with probability ``p``, active only in training mode (``model.train()``)."""
 

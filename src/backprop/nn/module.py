@@ -170,17 +170,31 @@ class Module:
         if not children:
             return head + ")"
         lines = [head]
-        width = None
+        width = None  # the output size, carried through layers that keep it (activations, dropout)
         for name, child in children:
-            width = getattr(child, "out_features", width)
+            if getattr(child, "out_features", None) is not None:
+                width = f"{child.out_features} features"
+            elif getattr(child, "out_channels", None) is not None:
+                width = f"{child.out_channels} channels"
+            elif not _keeps_shape(child):
+                width = None
             n = child.num_parameters()
-            info = f"  -> {width} features" if width is not None else ""
-            info += f", {n:,} params" if n else ""
+            info = [f"-> {width}"] if width else []
+            info += [f"{n:,} params"] if n else []
             body = repr(child).replace("\n", "\n  ")
-            lines.append(f"  ({name}): {body}{'   #' + info if info else ''}")
+            lines.append(f"  ({name}): {body}" + (f"   # {', '.join(info)}" if info else ""))
         total = self.num_parameters()
         lines.append(f"){'  # ' + f'{total:,} parameters' if total or own else ''}")
         return "\n".join(lines)
+
+
+def _keeps_shape(m: Module) -> bool:
+    """Layers whose output has the size of their input (activations, dropout, normalisation)."""
+    from backprop.nn import layers, normalization  # NOTE: imported here, they import this module
+
+    return isinstance(m, (layers.ReLU, layers.LeakyReLU, layers.Sigmoid, layers.Tanh, layers.GELU, layers.Softmax,
+                          layers.LogSoftmax, layers.Dropout, layers.Identity, normalization.BatchNorm1d,
+                          normalization.BatchNorm2d, normalization.LayerNorm))
 
 
 class Sequential(Module):
