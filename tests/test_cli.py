@@ -143,3 +143,45 @@ def test_mnist_one_epoch(tmp_path):
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("test loss"))
     assert float(line.split("test accuracy ")[1].split()[0]) > 0.90
     assert "6000 iterations per epoch" in proc.stdout
+
+
+def test_training_controls_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    run("train", "--epochs", "4", "--scheduler", "cosine", "--warmup", "1", "--weight-decay", "1e-4", "--dropout",
+        "0.1", "--label-smoothing", "0.1", "--clip-norm", "5", "--early-stopping", "3", "--tensorboard",
+        "--out", str(out))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {"lr", "val_loss", "val_accuracy", "test_accuracy"} <= set(rows[0])
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[1] and lrs[-1] < lrs[1]  # warm-up, then cosine decay
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+
+
+def test_evaluate_prints_per_class_metrics_and_writes_confusion_matrix(trained, tmp_path):
+    out, _ = trained
+    png = tmp_path / "cm.png"
+    ev = run("evaluate", str(out / "model.safetensors"), "--dataset", "digits", "--out", str(png))
+    assert "macro F1" in ev.stdout and "precision" in ev.stdout and "support" in ev.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cnn_models_need_square_images(tmp_path):
+    proc = run("train", "--model", "lenet5", "--epochs", "1", check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "28x28" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["lenet5", "cnn"])
+def test_cnn_models_train_on_image_csv(model, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((80, 784)).astype(np.float32)
+    y = np.arange(80) % 2
+    x[y == 1, :392] += 1.0  # class 1: bright top half
+    path = tmp_path / "img.csv"
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", fmt="%.3f")
+    out = tmp_path / "run"
+    proc = run("train", "--dataset", f"csv:{path}", "--model", model, "--epochs", "10", "--batch-size", "16",
+               "--optimizer", "adam", "--lr", "0.003",
+               "--out", str(out))
+    assert "Conv2d" in proc.stdout and (out / "model.safetensors").exists()
+    ev = run("evaluate", str(out / "model.safetensors"), "--dataset", f"csv:{path}")
+    assert float(ev.stdout.split("\naccuracy ")[1].split()[0]) >= 0.8

@@ -31,6 +31,7 @@ EXIT_USAGE = 2
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle", "plateau")
 
 
 class CLIError(Exception):
@@ -57,6 +58,7 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: np.isfinite(v) and v > 0, "a positive finite number")
 _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_non_negative_float = _number(float, lambda v: np.isfinite(v) and v >= 0, "a non-negative number")
 
 
 def _hidden(text: str) -> list[int]:
@@ -91,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--label-column", help="CSV label column: a name or a 0-based index (default: 'label' or last)")
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
-    t = sub.add_parser("train", help="train an MLP and save the model, metrics and plot",
-                       description="Train an MLP by mini-batch backpropagation.")
+    t = sub.add_parser("train", help="train a network and save the model, metrics and plot",
+                       description="Train a network by mini-batch backpropagation.")
     data_options(t)
     t.add_argument("--hidden", type=_hidden, default=[128, 64], help="hidden layer sizes (default: 128,64)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
@@ -105,13 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_non_negative_int, default=100, help="passes over the data (default: 100)")
     t.add_argument("--validation-split", type=_fraction, default=0.0,
                    help="hold out this fraction of the training set for validation (default: 0)")
+    t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
+                   help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm); the last two need 28x28 images")
+    t.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
+    t.add_argument("--dropout", type=_fraction, default=None,
+                   help="dropout probability after hidden layers (default: 0 for mlp/lenet5, 0.25 for cnn)")
+    t.add_argument("--label-smoothing", type=_fraction, default=0.0, help="cross-entropy label smoothing (default: 0)")
+    t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the global gradient norm to this")
+    t.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="learning-rate schedule: step (x0.1 at 1/3 and 2/3 of the epochs), cosine, exponential "
+                        "(x0.95 per epoch), onecycle (per iteration, peak --lr), plateau (x0.1 after 3 flat epochs)")
+    t.add_argument("--warmup", type=_non_negative_int, default=0,
+                   help="epochs of linear learning-rate warm-up before the schedule (default: 0)")
+    t.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs and restore the best "
+                        "weights (uses --validation-split, 0.1 if not given)")
+    t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="write TensorBoard event files (default DIR: <out>/tensorboard)")
     t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed for everything (default: 0)")
     t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
 
-    e = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a data set's test split")
+    e = sub.add_parser("evaluate", help="loss, accuracy, per-class precision/recall/F1 and a confusion matrix "
+                                        "of a saved model on a data set's test split")
     e.add_argument("model", help="a model file written by 'backprop train'")
     data_options(e)
+    e.add_argument("--out", help="confusion-matrix PNG to write (default: confusion_matrix.png beside the model)")
 
     p = sub.add_parser("predict", help="print one predicted class per row of a CSV file")
     p.add_argument("model", help="a model file written by 'backprop train'")
@@ -129,26 +150,52 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ train
-def build_mlp(n_features: int, hidden: Sequence[int], n_classes: int, activation: str, loss: str):
-    """Linear layers with the activation between them; the output layer suits the loss.
+def build_model(args: argparse.Namespace, n_features: int, n_classes: int):
+    """The network asked for on the command line (see ``backprop.nn.models``)."""
+    from backprop.nn import models
 
-    cross_entropy: raw logits (the loss applies softmax); nll: log-softmax outputs; mse/quadratic: sigmoid
-    outputs compared with one-hot targets (Nielsen's network).
-    """
-    from backprop import nn
+    dropout = args.dropout if args.dropout is not None else (0.25 if args.model == "cnn" else 0.0)
+    if args.model == "mlp":
+        return models.mlp(n_features, args.hidden, n_classes, args.activation, dropout, args.loss)
+    return models.MODELS[args.model](n_features, n_classes, args.activation, dropout, args.loss)
 
-    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}[activation]
-    layers: list[Any] = []
-    width = n_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), act()]
-        width = h
-    layers.append(nn.Linear(width, n_classes))
-    if loss == "nll":
-        layers.append(nn.LogSoftmax(dim=1))
-    elif loss in ("mse", "quadratic"):
-        layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers)
+
+def build_optimizer(args: argparse.Namespace, params: list):
+    import backprop as bp
+
+    kw: dict[str, Any] = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if args.optimizer in ("sgd", "rmsprop"):
+        kw["momentum"] = args.momentum
+    return bp.optim.get(args.optimizer, params, **kw)
+
+
+def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) -> tuple[Any, str]:
+    """The learning-rate schedule and whether it steps per "epoch" or per "step" (iteration)."""
+    from backprop.optim import lr_scheduler as S
+
+    epochs = max(args.epochs, 1)
+    if args.scheduler == "onecycle":
+        if args.warmup:
+            raise CLIError("--warmup does not combine with --scheduler onecycle, which warms up by itself")
+        return S.OneCycleLR(opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch), "step"
+    rest = max(epochs - args.warmup, 1)
+    main: Any = None
+    if args.scheduler == "step":
+        main = S.MultiStepLR(opt, milestones=sorted({max(rest // 3, 1), max(2 * rest // 3, 2)}), gamma=0.1)
+    elif args.scheduler == "cosine":
+        main = S.CosineAnnealingLR(opt, T_max=rest)
+    elif args.scheduler == "exponential":
+        main = S.ExponentialLR(opt, gamma=0.95)
+    elif args.scheduler == "plateau":
+        if args.warmup:
+            raise CLIError("--warmup does not combine with --scheduler plateau")
+        return S.ReduceLROnPlateau(opt, factor=0.1, patience=3), "epoch"
+    if not args.warmup:
+        return main, "epoch"
+    warm = S.LinearLR(opt, start_factor=1.0 / (args.warmup + 1), end_factor=1.0, total_iters=args.warmup)
+    if main is None:
+        return warm, "epoch"
+    return S.SequentialLR(opt, [warm, main], milestones=[args.warmup]), "epoch"
 
 
 def _load_data(args: argparse.Namespace):
@@ -183,27 +230,26 @@ def _out_dir(out: str | None) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import backprop as bp
+    from backprop.training import callbacks as cb
     from backprop.training.callbacks import Callback
 
+    if args.label_smoothing and args.loss != "cross_entropy":
+        raise CLIError("--label-smoothing applies to --loss cross_entropy only")
     ds = _load_data(args)
     out_dir = _out_dir(args.out)
     bp.manual_seed(args.seed)
-    model = build_mlp(ds.x_train.shape[1], args.hidden, len(ds.classes), args.activation, args.loss)
-    params = list(model.parameters())
-    if args.optimizer == "sgd":
-        opt = bp.optim.SGD(params, lr=args.lr, momentum=args.momentum)
-    elif args.optimizer == "rmsprop":
-        opt = bp.optim.RMSprop(params, lr=args.lr, momentum=args.momentum)
-    else:
-        opt = bp.optim.get(args.optimizer, params, lr=args.lr)
-    verbose = 0 if args.quiet else 1
-    if not args.quiet:
-        print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
-              f"{ds.x_train.shape[1]} features, {len(ds.classes)} classes")
-        print(model)
-        print(f"{args.optimizer} lr={args.lr}" + (f" momentum={args.momentum}" if args.optimizer in ("sgd", "rmsprop") else "")
-              + f", batch size {args.batch_size}: {int(np.ceil(len(ds.x_train) * (1 - args.validation_split) / args.batch_size))} "
-              f"iterations per epoch, {args.epochs} epochs")
+    n_features, n_classes = int(np.prod(ds.x_train.shape[1:])), len(ds.classes)
+    model = build_model(args, n_features, n_classes)
+    opt = build_optimizer(args, list(model.parameters()))
+    validation_split = args.validation_split
+    if args.early_stopping and not validation_split:
+        validation_split = 0.1
+    steps = int(np.ceil(len(ds.x_train) * (1 - validation_split) / args.batch_size))
+    scheduler, interval = build_scheduler(args, opt, steps)
+    loss: Any = args.loss
+    if args.label_smoothing:
+        def loss(out, y, reduction="mean", _ls=args.label_smoothing):
+            return bp.nn.functional.cross_entropy(out, y, reduction=reduction, label_smoothing=_ls)
 
     class TestMetrics(Callback):
         """Loss and accuracy on the test split after every epoch, for the metrics file and the plot."""
@@ -212,17 +258,36 @@ def cmd_train(args: argparse.Namespace) -> int:
             res = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss, check_finite=False)
             logs["test_loss"], logs["test_accuracy"] = res["loss"], res["accuracy"]
 
+    callbacks: list[Any] = [TestMetrics()] if len(ds.x_test) else []
+    if args.early_stopping:
+        callbacks.insert(0, cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                             restore_best_weights=True, verbose=0 if args.quiet else 1))
+    if args.tensorboard is not None:
+        callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
+    if not args.quiet:
+        print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
+              f"{n_features} features, {n_classes} classes")
+        print(model)
+        extras = [f"momentum={args.momentum}"] if args.optimizer in ("sgd", "rmsprop") else []
+        extras += [f"weight_decay={args.weight_decay}"] if args.weight_decay else []
+        extras += [f"{args.scheduler} schedule"] if args.scheduler != "none" else []
+        extras += [f"{args.warmup} warm-up epochs"] if args.warmup else []
+        print(f"{args.optimizer} lr={args.lr}{' ' if extras else ''}{' '.join(extras)}, batch size {args.batch_size}: "
+              f"{steps} iterations per epoch, {args.epochs} epochs"
+              + (f", {validation_split:.0%} held out for validation" if validation_split else ""))
+
     t0 = time.perf_counter()
-    history = bp.fit(model, ds.x_train, ds.y_train, loss=args.loss, optimizer=opt, batch_size=args.batch_size,
-                     epochs=args.epochs, validation_split=args.validation_split, seed=args.seed,
-                     callbacks=[TestMetrics()] if len(ds.x_test) else [], verbose=verbose)
+    history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
+                     epochs=args.epochs, validation_split=validation_split, seed=args.seed, callbacks=callbacks,
+                     scheduler=scheduler, scheduler_interval=interval, clip_norm=args.clip_norm,
+                     verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - t0
     final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss) if len(ds.x_test) else {}
 
     from backprop import io as bio
 
     meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
-            "class_names": list(ds.class_names), "n_features": int(ds.x_train.shape[1]), "loss": args.loss,
+            "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
             "test": final, "epochs": history.epochs, "iterations": history.iterations,
             "seconds": round(seconds, 2), "args": {k: v for k, v in vars(args).items() if k != "debug"}}
     model_path = out_dir / "model.safetensors"
@@ -230,7 +295,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics_path = out_dir / "metrics.csv"
     _write_metrics_csv(history, metrics_path)
     plot_path = out_dir / "training.png"
-    _plot(history, plot_path, title=f"{ds.name}: {'-'.join(map(str, [ds.x_train.shape[1], *args.hidden, len(ds.classes)]))}")
+    shape = "-".join(map(str, [n_features, *args.hidden, n_classes])) if args.model == "mlp" else args.model
+    _plot(history, plot_path, title=f"{ds.name}: {shape}")
     if args.quiet:
         print(out_dir)
     else:
@@ -293,14 +359,29 @@ def _load_model(path: str):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import backprop as bp
+    from backprop.training import metrics as M
 
     model, meta = _load_model(args.model)
     ds = _load_data(args)
     loss = meta.get("loss", "cross_entropy")
+    n_classes = len(ds.classes)
     result = bp.evaluate(model, ds.x_test, ds.y_test, loss=loss)
-    print(f"{ds.name} test split: {len(ds.x_test)} samples")
+    outputs = bp.predict(model, ds.x_test)
+    p, r, f1 = M.precision_recall_f1(outputs, ds.y_test, average="macro", n_classes=n_classes)
+    print(f"{ds.name} test split: {len(ds.x_test)} samples, {n_classes} classes")
     print(f"loss {result['loss']:.4f}")
     print(f"accuracy {result['accuracy']:.4f}")
+    if n_classes > 5 and outputs.shape[1] > 5:
+        print(f"top-5 accuracy {M.top_k_accuracy(outputs, ds.y_test, k=5):.4f}")
+    print(f"macro precision {p:.4f} - macro recall {r:.4f} - macro F1 {f1:.4f}")
+    names = [str(n) for n in ds.class_names]
+    print()
+    print(M.classification_report(ds.y_test, outputs, class_names=names, digits=4, n_classes=n_classes))
+    cm = M.confusion_matrix(ds.y_test, outputs, n_classes=n_classes)
+    png = Path(args.out) if args.out else Path(args.model).with_name("confusion_matrix.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    M.plot_confusion_matrix(cm, png, class_names=names, title=f"{ds.name} test split")
+    print(f"wrote {png}")
     return 0
 
 
@@ -366,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backprop: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `backprop predict ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, ValueError, TypeError, FileNotFoundError, KeyError, OSError) as e:
         if getattr(args, "debug", False):
             raise

@@ -1,6 +1,11 @@
 """Layers and losses: ``backprop.nn`` mirrors ``torch.nn``."""
 
-from backprop.nn import functional, init, utils
+from backprop.nn import (
+    functional,
+    init,
+    models,
+    utils,
+)
 from backprop.nn.conv import Conv1d, Conv2d
 from backprop.nn.embedding import Embedding
 from backprop.nn.layers import (
@@ -20,7 +25,6 @@ from backprop.nn.layers import (
 from backprop.nn.module import Module, ModuleList, Parameter, Sequential
 from backprop.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from backprop.nn import models  # noqa: E402  (builds on the layers above)
 
 __all__ = [
     "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "Dropout",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from backprop.engine.blas import linear_forward, weight_grad
-from backprop.engine.ops import (  # noqa: F401  (activations re-exported for F.relu etc.)
+from backprop.engine.ops import (
     gelu,
     leaky_relu,
     log_softmax,
@@ -257,10 +257,10 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, rng: np.random.Gen
 
 
 # The other layer families as functions, so ``F.conv2d``, ``F.batch_norm``... work as in PyTorch.
-from backprop.nn.conv import conv1d, conv2d  # noqa: E402
-from backprop.nn.embedding import embedding  # noqa: E402
-from backprop.nn.normalization import batch_norm, layer_norm  # noqa: E402
-from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from backprop.nn.conv import conv1d, conv2d
+from backprop.nn.embedding import embedding
+from backprop.nn.normalization import batch_norm, layer_norm
+from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits",

@@ -14,7 +14,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from backprop.nn.conv import Conv2d
-from backprop.nn.layers import GELU, Dropout, Flatten, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid, Tanh, Unflatten
+from backprop.nn.layers import (
+    GELU,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Tanh,
+    Unflatten,
+)
 from backprop.nn.module import Module, Sequential
 from backprop.nn.normalization import BatchNorm2d
 from backprop.nn.pooling import MaxPool2d
@@ -54,7 +65,7 @@ def mlp(n_features: int, hidden: Sequence[int], n_classes: int, activation: str 
 
 
 def _image_side(n_features: int, model: str) -> int:
-    side = int(round(np.sqrt(n_features)))
+    side = round(float(np.sqrt(n_features)))
     if side * side != n_features or side < 12:
         raise ValueError(f"--model {model} needs square grayscale images of at least 12x12 (such as MNIST's 28x28); "
                          f"this data set has {n_features} features per sample")

@@ -128,8 +128,10 @@ def _check_labels(model: Module, y: np.ndarray, loss: Any, name: str) -> np.ndar
 
 
 def _check_features(model: Module, x: np.ndarray, name: str) -> None:
-    """A first Linear layer must see as many features as x has (after flattening)."""
+    """If the first layer with weights is a Linear layer, it must see as many features as x has."""
     for mod_name, m in model.named_modules():
+        if not any(True for _ in m.children()) and any(True for _ in m.parameters()) and not isinstance(m, Linear):
+            return  # the first weighted layer is something else (a convolution...): it checks its own input
         if isinstance(m, Linear):
             n_features = int(np.prod(x.shape[1:]))
             if x.ndim == 2 and x.shape[1] != m.in_features or x.ndim > 2 and n_features != m.in_features:
