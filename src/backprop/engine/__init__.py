@@ -2,6 +2,7 @@
 
 from backprop.engine import ops
 from backprop.engine.gradcheck import gradcheck
+from backprop.engine.memory import tune_malloc
 from backprop.engine.ops import (
     abs,
     add,
@@ -98,3 +99,5 @@ __all__ = [
     "unbroadcast",
     "where",
 ]
+
+tune_malloc()

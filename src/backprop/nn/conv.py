@@ -1,22 +1,34 @@
-"""Convolutions in PyTorch's layout (NCHW, weights (out, in/groups, kh, kw)): im2col and one batched matmul.
+"""Convolutions in PyTorch's layout (NCHW, weights (out, in/groups, kh, kw)): im2col and batched matmuls.
 
-``conv2d`` lays the receptive fields of every output pixel out as columns (im2col): a strided *view*
-``(N, C, kh, kw, OH, OW)`` of the (zero-padded) input, copied once into ``cols`` of shape
-``(N, groups, C/groups*kh*kw, OH*OW)``. The convolution is then one ``np.matmul`` of the weights
-``(groups, O/groups, C/groups*kh*kw)`` with ``cols``, broadcast over the batch, whose result is already
-laid out as ``(N, O, OH, OW)``. The backward pass is two more matmuls and a scatter-add (col2im):
+Forward. The receptive fields of all output pixels are a strided *view* ``(N, C, kh, kw, OH, OW)`` of the
+(zero-padded) input; one copy lays them out as the columns ``cols`` ``(N, groups, C/groups*kh*kw, OH*OW)``
+(im2col). The convolution is then one ``np.matmul`` of the weights ``(groups, O/groups, C/groups*kh*kw)``
+with ``cols``, broadcast over the batch (one BLAS product per image), whose result is already laid out as
+``(N, O, OH, OW)``. No loop over samples or pixels anywhere.
 
-* ``dW = sum_n g_n @ cols_n^T`` (``g_n`` the output gradient of sample n, ``(O, OH*OW)``);
-* ``dcols = W^T @ g_n``, and every column is added back to the input pixels it was copied from: one
-  strided ``+=`` per kernel offset (kh*kw of them), each over the whole batch;
-* ``db`` the sum of g over batch and pixels.
+Backward:
 
-Why this layout (measured on the project's 2-core machine, LeNet-5 shapes, batch 128, float32): the
-per-sample products ``(O, K) @ (K, OH*OW)`` that ``np.matmul`` sends to BLAS one after the other were 2-8x
-faster than one big ``(O, K) @ (K, N*OH*OW)`` product for these skinny shapes (K = 25 or 150, O = 6 or 16),
-the columns copy fastest in this order (the innermost loop runs along an image row), and the output needs
-no transposition. ``cols`` is the only buffer kept for backward (the weight gradient needs it; the input
-gradient needs only W); it is freed when backward has run.
+* ``dW = sum_n (cols_n @ g_n^T)^T``: per-image products summed (``g_n`` is image n's output gradient);
+* ``dx``, stride 1: the output gradient is laid on the padded input grid and ``W^T g`` computed there in
+  one product; each (input channel, kernel offset) row of it is then one long contiguous ``+=`` into the
+  input gradient, over the whole batch (:func:`_input_grad_slabs`). Strided: per-image ``W^T g_n`` and a
+  scatter-add of the columns (col2im), one strided ``+=`` per kernel offset (:func:`_col2im`);
+* ``db``: the sum of g over batch and pixels.
+
+The choices, measured on the project's 2-core machine with LeNet-5's layers at batch 128, float32
+(``benchmarks/cnn_train.py``):
+
+* per-image products beat one big ``(O, K) @ (K, N*OH*OW)`` product 2-8x for these skinny shapes
+  (K = 25 or 150, O = 6 or 16), and the columns copy fastest in this order (inner loop along a row);
+* ``cols`` is saved for the weight gradient (the input gradient needs only W): 16,200 samples/s and a peak
+  epoch memory growth of 44 MB, against 13,600 samples/s and 36 MB when recomputing it from the input in
+  backward (PyTorch: 42 MB). It is freed with the graph after backward;
+* the slab form of dx took 1.2 ms instead of 2.3 ms for per-image products + col2im, whose inner loops
+  are only OW (10) elements long;
+* page faults: see :func:`backprop.engine.memory.tune_malloc` (done once when backprop is imported);
+* threads: splitting the batch over two threads reached 18,700 samples/s with NumPy's BLAS limited to one
+  thread, but was slower than one thread (13,300 vs 14,500) with two BLAS threads, whose idle workers spin
+  for a while after every call and take the second core. Not used: only BLAS's own threads run.
 
 >>> import backprop as bp
 >>> from backprop.nn.conv import Conv2d
@@ -31,8 +43,6 @@ gradient needs only W); it is freed when backward has run.
 from __future__ import annotations
 
 import math
-import platform
-import sys
 from typing import Any
 
 import numpy as np
@@ -97,29 +107,6 @@ def _check_groups(groups: Any, owner: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------- allocator
-_malloc_tuned = False
-
-
-def _tune_malloc() -> None:
-    """Let glibc serve the next training steps' arrays from already-mapped memory (once per process).
-
-    A training step allocates and frees arrays of 0.1-10 MB (columns, outputs, gradients). glibc's malloc
-    maps every block above its mmap threshold (initially 128 KiB) freshly from the kernel and unmaps it on
-    free, so each step pays a page fault per few pages touched: ~3,400 faults per LeNet-5 step at batch
-    128, measured to cost a third of the step (7,700 -> 12,000 samples/s without them). glibc raises that
-    threshold by itself to the size of any freed block of up to 32 MiB (the dynamic mmap threshold, see
-    mallopt(3)); allocating and freeing one such block triggers that rule now instead of by chance. Then
-    blocks below 32 MiB come from the heap and are reused, and up to 64 MiB of freed heap is kept (the
-    trim threshold doubles with it). Nothing happens on other C libraries, or where the user fixed the
-    threshold (MALLOC_MMAP_THRESHOLD_ disables the dynamic rule).
-    """
-    global _malloc_tuned
-    _malloc_tuned = True
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        block = np.empty((1 << 25) - (1 << 13), dtype=np.uint8)  # just under glibc's 32 MiB ceiling
-        del block
-
-
 # ------------------------------------------------------------------------------------------ the kernels
 def _pad(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0) -> np.ndarray:
     """``x`` (N, C, H, W) with ``pads`` ((top, bottom), (left, right)) of ``value`` around each image."""
@@ -174,22 +161,24 @@ def _geometry(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple
     return (hp - ekh) // stride[0] + 1, (wp - ekw) // stride[1] + 1
 
 
+# ------------------------------------------------------------------------------------ forward, backward
 def _conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
                   pads: tuple[tuple[int, int], ...], dilation: tuple[int, int], groups: int,
                   oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
     """out (N, O, OH, OW) and the columns (N, G, C/G*kh*kw, OH*OW) it was computed from."""
     n = x.shape[0]
     o, cg, kh, kw = w.shape
-    kg = cg * kh * kw
-    if not _malloc_tuned:
-        _tune_malloc()
-    # im2col: reshaping the strided window view copies it (for a 1x1 kernel, stride 1, no padding it is a view)
-    cols = _windows(_pad(x, pads), kh, kw, stride, dilation, oh, ow).reshape(n, groups, kg, oh * ow)
+    kg, l_ = cg * kh * kw, oh * ow
+    if kh == kw == 1 and stride == (1, 1) and not any(pads[0] + pads[1]):
+        cols = x.reshape(n, groups, kg, l_)  # a 1x1 convolution: the columns are the input itself (no copy)
+    else:  # im2col: one strided copy of the windows
+        cols = np.empty((n, groups, kg, l_), dtype=x.dtype)
+        win = _windows(_pad(x, pads), kh, kw, stride, dilation, oh, ow)
+        np.copyto(cols.reshape(win.shape), win)
     out = np.matmul(w.reshape(groups, o // groups, kg), cols)  # (N, G, O/G, L): one BLAS product per image
-    out = out.reshape(n, o, oh, ow)
     if b is not None:
-        out += b.reshape(o, 1, 1)
-    return out, cols
+        out += b.reshape(groups, o // groups, 1)
+    return out.reshape(n, o, oh, ow), cols
 
 
 def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -198,8 +187,10 @@ def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
     kg = cols.shape[2]
     temp = n * groups * og * kg * g3.itemsize
     if temp <= max(cols.nbytes, _WGRAD_TEMP_BYTES):
-        # per-image products (N, G, O/G, K/G), summed: the fastest for small O/G (LeNet: 2-5x one big product)
-        return np.matmul(g3, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        # per-image products, summed: the fastest for these shapes (LeNet: 2-5x one big product). As
+        # cols_n @ g_n^T (K, O) rather than g_n @ cols_n^T (O, K): measured up to 2x faster (LeNet's second
+        # layer 0.47 vs 0.94 ms), never more than 10% slower, over 8 layer shapes
+        return np.matmul(cols, g3.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
     # many output channels on small images: that temporary would outgrow cols, so transpose both to
     # (G, rows, N*L) (copies no larger than cols) and contract in one product
     gt = g3.transpose(1, 2, 0, 3).reshape(groups, og, n * l_)
@@ -207,9 +198,9 @@ def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.matmul(gt, ct.transpose(0, 2, 1))
 
 
-def _col2im(dcols: np.ndarray, x_shape: tuple[int, ...], stride: tuple[int, int],
-            pads: tuple[tuple[int, int], ...], dilation: tuple[int, int]) -> np.ndarray:
-    """Scatter-add column gradients (N, C, kh, kw, OH, OW) back onto the input (N, C, H, W).
+def _col2im(dcols: np.ndarray, out: np.ndarray, stride: tuple[int, int], pads: tuple[tuple[int, int], ...],
+            dilation: tuple[int, int]) -> None:
+    """Scatter-add column gradients (N, C, kh, kw, OH, OW) back onto the input gradient ``out`` (N, C, H, W).
 
     One strided ``+=`` over the whole batch per kernel offset: kh*kw NumPy operations, none per image or
     pixel (a batched ``np.add.at`` was measured several times slower).
@@ -217,15 +208,62 @@ def _col2im(dcols: np.ndarray, x_shape: tuple[int, ...], stride: tuple[int, int]
     n, c, kh, kw, oh, ow = dcols.shape
     (pt, pb), (pl, pr) = pads
     (sh, sw), (dh, dw) = stride, dilation
-    h, w = x_shape[2], x_shape[3]
+    h, w = out.shape[2], out.shape[3]
     dxp = np.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dcols.dtype)
     hspan, wspan = sh * (oh - 1) + 1, sw * (ow - 1) + 1
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i * dh:i * dh + hspan:sh, j * dw:j * dw + wspan:sw] += dcols[:, :, i, j]
-    if pt or pb or pl or pr:
-        return dxp[:, :, pt:pt + h, pl:pl + w]
-    return dxp
+    np.copyto(out, dxp[:, :, pt:pt + h, pl:pl + w], casting="same_kind")
+
+
+# Largest temporary (bytes) of the input gradient's shifted-slab form; it is computed in channel chunks below this.
+_DX_CHUNK_BYTES = 1 << 23
+# The shifted-slab form computes W^T g on the padded grid (Hp*Wp points) instead of the OH*OW outputs;
+# above this ratio the extra products cost more than the slab loop saves.
+_DX_MAX_GROWTH = 2.5
+
+
+def _input_grad_slabs(g: np.ndarray, w: np.ndarray, groups: int, out: np.ndarray,
+                      pads: tuple[tuple[int, int], ...], dilation: tuple[int, int]) -> None:
+    """dL/dx of a stride-1 convolution into ``out`` (N, C, H, W), every scatter-add a long contiguous one.
+
+    The output gradient is laid on the padded input grid, channels first: g_ext (O, N, Hp, Wp), zero
+    outside the OH x OW outputs. Then for input channel c and kernel offset (i, j), ``(W^T g_ext)[c, i, j]``
+    is a contiguous (N*Hp*Wp) slab that belongs at flat offset ``i*dh*Wp + j*dw`` of channel c's (N, Hp, Wp)
+    block of the padded input gradient: one ``+=`` of N*Hp*Wp elements per channel and offset. The zero
+    columns/rows of g_ext make the slab's overhang at the end of each image add zeros to the next. Measured
+    on LeNet-5's second layer (batch 128): 1.2 ms instead of 2.3 ms for per-image products + the kh*kw
+    (N, C, OH, OW) strided adds, whose inner loops are only OW (10) long.
+    """
+    n, o, oh, ow = g.shape
+    _, cg, kh, kw = w.shape
+    c = cg * groups
+    og = o // groups
+    (pt, pb), (pl, pr) = pads
+    h, wd = out.shape[2], out.shape[3]
+    hp, wp = h + pt + pb, wd + pl + pr
+    block = n * hp * wp
+    g_ext = np.zeros((o, n, hp, wp), dtype=g.dtype)
+    g_ext[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
+    g_ext = g_ext.reshape(groups, og, block)
+    slack = (kh - 1) * dilation[0] * wp + (kw - 1) * dilation[1]
+    dxp = np.zeros(c * block + slack, dtype=np.result_type(g.dtype, w.dtype))
+    kk = kh * kw
+    wg = w.reshape(groups, og, cg * kk)  # W^T of a group: rows (channel, kernel offset)
+    chunk = max(1, min(cg, _DX_CHUNK_BYTES // max(1, kk * block * dxp.itemsize)))
+    offsets = [(i * kw + j, i * dilation[0] * wp + j * dilation[1]) for i in range(kh) for j in range(kw)]
+    for gi in range(groups):  # loops over groups and channel chunks (a few), never samples or pixels
+        for c0 in range(0, cg, chunk):
+            c1 = min(cg, c0 + chunk)
+            # one (chunk*kh*kw, O/G) @ (O/G, N*Hp*Wp) product: 1.5x faster than a batch of per-channel ones
+            slabs = (wg[gi, :, c0 * kk:c1 * kk].T @ g_ext[gi]).reshape(c1 - c0, kk, block)
+            start = (gi * cg + c0) * block
+            for k, shift in offsets:
+                dst = dxp[start + shift:start + shift + (c1 - c0) * block].reshape(c1 - c0, block)
+                dst += slabs[:, k]
+    dx = dxp[:c * block].reshape(c, n, hp, wp)[:, :, pt:pt + h, pl:pl + wd].transpose(1, 0, 2, 3)
+    np.copyto(out, dx, casting="same_kind")
 
 
 def _conv_backward(ctx: Any, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -242,12 +280,15 @@ def _conv_backward(ctx: Any, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         if gw.dtype != w.dtype:
             gw = gw.astype(w.dtype)
     if needs[0]:
-        dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), g3)
-        gx = _col2im(dcols.reshape(n, cg * groups, kh, kw, oh, ow), ctx.x_shape, ctx.stride, ctx.pads,
-                     ctx.dilation)
-        del dcols
-        if gx.dtype != ctx.x_dtype:
-            gx = gx.astype(ctx.x_dtype)
+        gx = np.empty(ctx.x_shape, dtype=ctx.x_dtype)
+        (pt, pb), (pl, pr) = ctx.pads
+        grid = (ctx.x_shape[2] + pt + pb) * (ctx.x_shape[3] + pl + pr)
+        if ctx.stride == (1, 1) and grid <= _DX_MAX_GROWTH * oh * ow:
+            _input_grad_slabs(g, w, groups, gx, ctx.pads, ctx.dilation)
+        else:  # strided (or a kernel almost as large as the input): per-image products, then col2im
+            dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), g3)
+            _col2im(dcols.reshape(n, cg * groups, kh, kw, oh, ow), gx, ctx.stride, ctx.pads, ctx.dilation)
+            del dcols
     if len(needs) == 2:
         return gx, gw
     if needs[2]:

@@ -2,9 +2,10 @@
 
 Max and average pooling loop over the kernel *offsets*, not over samples or pixels: for offset (i, j) the
 strided view ``xp[:, :, i::sh, j::sw]`` (cut to the output size) holds that element of every window of
-every image at once, so a 2x2 pool is four whole-batch NumPy operations. That was measured 10-40x faster
-than reducing a 6-D window view (``x.reshape(N, C, H/2, 2, W/2, 2).max(axis=(3, 5))``: NumPy reduces
-short strided axes element by element) or copying the windows out for ``argmax``.
+every image at once, so a 2x2 pool is a few whole-batch NumPy operations per offset. On LeNet-5's first
+pooling layer (batch 128) that was measured 8x faster than copying the windows out for ``argmax`` and
+40x faster than reducing a 6-D window view (``x.reshape(N, C, H/2, 2, W/2, 2).max(axis=(3, 5))``: NumPy
+reduces short strided axes element by element).
 
 Max pooling sends the gradient to the first maximal element of each window (row-major order), as PyTorch
 does; it stores that element's offset in the window (uint8 for kernels up to 16x16), not a mask. Padding
