@@ -8,7 +8,7 @@
 array([[2., 4.]], dtype=float32)
 """
 
-from backprop import data, datasets, io, nn, optim, training
+from backprop import data, datasets, io, nn, onnx, optim, training
 from backprop.data import DataLoader
 from backprop.engine import *
 from backprop.engine.random import get_rng, manual_seed
@@ -30,5 +30,6 @@ __all__ = [  # noqa: RUF022 - the engine's names first, then the rest
     "ops", "pow", "register", "relu", "reshape", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
     "tensor", "transpose", "unbroadcast", "where",
     "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
-    "data", "datasets", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "optim", "predict", "training",
+    "data", "datasets", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "onnx", "optim", "predict",
+    "training",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.cli import trace
+from backprop.cli import export, trace
 from backprop.data.datasets import _is_number
 
 EXIT_USAGE = 2
@@ -32,6 +32,8 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle", "plateau")
+DEFAULT_EPOCHS = 100
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 class CLIError(Exception):
@@ -104,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default: 0.05)")
     t.add_argument("--momentum", type=_fraction, default=0.9, help="SGD/RMSprop momentum (default: 0.9)")
     t.add_argument("--batch-size", type=_positive_int, default=16, help="mini-batch size (default: 16)")
-    t.add_argument("--epochs", type=_non_negative_int, default=100, help="passes over the data (default: 100)")
+    t.add_argument("--epochs", type=_non_negative_int, default=None,
+                   help=f"passes over the data, in all (default: {DEFAULT_EPOCHS}; with --resume: the run's own, "
+                        "or more to extend it)")
     t.add_argument("--validation-split", type=_fraction, default=0.0,
                    help="hold out this fraction of the training set for validation (default: 0)")
     t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed for everything (default: 0)")
     t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help=f"continue the run in RUN_DIR from its {CHECKPOINT_FILE} (written every epoch) with its "
+                        "saved options, to its --epochs (or a larger --epochs); the result is bit-identical to an "
+                        "uninterrupted run")
 
     e = sub.add_parser("evaluate", help="loss, accuracy, per-class precision/recall/F1 and a confusion matrix "
                                         "of a saved model on a data set's test split")
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="drop this column if the file also holds labels")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     trace.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
@@ -233,6 +242,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from backprop.training import callbacks as cb
     from backprop.training.callbacks import Callback
 
+    resume = _resume_args(args) if args.resume else None
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
     if args.label_smoothing and args.loss != "cross_entropy":
         raise CLIError("--label-smoothing applies to --loss cross_entropy only")
     ds = _load_data(args)
@@ -276,11 +288,22 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{steps} iterations per epoch, {args.epochs} epochs"
               + (f", {validation_split:.0%} held out for validation" if validation_split else ""))
 
+    from backprop.io import TrainingCheckpoint
+
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume")}
+    saved_args["out"] = str(out_dir)
+    checkpoint = TrainingCheckpoint(out_dir / CHECKPOINT_FILE, extra={"cli_args": saved_args})
+    if resume is not None and not args.quiet:
+        remaining = args.epochs - resume.epoch
+        print(f"backprop: resuming {out_dir} after epoch {resume.epoch} of {args.epochs}: "
+              f"{remaining} epoch{'' if remaining == 1 else 's'} remain{'s' if remaining == 1 else ''}")
+        if args.early_stopping:
+            print("backprop: note: early stopping starts its patience count over (it is not in the checkpoint)")
     t0 = time.perf_counter()
     history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
                      epochs=args.epochs, validation_split=validation_split, seed=args.seed, callbacks=callbacks,
                      scheduler=scheduler, scheduler_interval=interval, clip_norm=args.clip_norm,
-                     verbose=0 if args.quiet else 1)
+                     verbose=0 if args.quiet else 1, checkpoint=checkpoint, resume_from=resume)
     seconds = time.perf_counter() - t0
     final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss) if len(ds.x_test) else {}
 
@@ -289,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
             "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
             "test": final, "epochs": history.epochs, "iterations": history.iterations,
-            "seconds": round(seconds, 2), "args": {k: v for k, v in vars(args).items() if k != "debug"}}
+            "seconds": round(seconds, 2), "args": saved_args}
     model_path = out_dir / "model.safetensors"
     bio.save(model, model_path, metadata=meta)
     metrics_path = out_dir / "metrics.csv"
@@ -305,6 +328,60 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
         print(f"wrote {model_path}, {metrics_path} and {plot_path}")
     return 0
+
+
+_RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir")  # what --resume lets the command line change
+
+
+def _resume_args(args: argparse.Namespace) -> Any:
+    """``--resume RUN_DIR``: load the run's checkpoint, put its saved options into ``args``; the Checkpoint."""
+    from backprop import io as bio
+
+    run_dir = Path(args.resume)
+    path = run_dir / CHECKPOINT_FILE
+    if not run_dir.is_dir():
+        raise CLIError(f"--resume {run_dir}: no such run folder")
+    if not path.is_file():
+        raise CLIError(f"--resume {run_dir}: no {CHECKPOINT_FILE} in it, nothing to resume")
+    try:
+        ckpt = bio.load_checkpoint(path)
+    except ValueError as e:
+        raise CLIError(f"--resume {run_dir}: the checkpoint is corrupt or invalid: {e}") from None
+    saved = ckpt.extra.get("cli_args")
+    if not isinstance(saved, dict):
+        raise CLIError(f"--resume {run_dir}: {path} was not written by 'backprop train' (no saved options)")
+    defaults = vars(build_parser().parse_args(["train"]))
+    for key, value in saved.items():
+        default = defaults.get(key, ...)
+        if default is ... or key in _RESUME_FREE and key not in ("epochs", "data_dir"):
+            raise CLIError(f"--resume {run_dir}: the checkpoint holds an unknown option {key!r}")
+        if default is not None and value is not None and type(value) is not type(default) \
+                and not (isinstance(default, float) and type(value) is int):
+            raise CLIError(f"--resume {run_dir}: the checkpoint's option {key!r} is {value!r}, "
+                           f"expected a {type(default).__name__}")
+    given = [k for k, v in vars(args).items()
+             if k not in _RESUME_FREE and v != defaults.get(k) and v != saved.get(k, defaults.get(k))]
+    if given:
+        raise CLIError(f"--resume continues a run with its saved options; only --epochs, --data-dir, --quiet and "
+                       f"--debug can be given with it (got --{given[0].replace('_', '-')})")
+    epochs, data_dir = args.epochs, args.data_dir
+    for key, value in saved.items():
+        setattr(args, key, value)
+    args.out = str(run_dir)
+    if data_dir is not None:
+        args.data_dir = data_dir
+    saved_epochs = saved.get("epochs", DEFAULT_EPOCHS)
+    if epochs is not None:
+        if epochs < ckpt.epoch:
+            raise CLIError(f"--epochs {epochs}: the run in {run_dir} has already trained {ckpt.epoch} epochs "
+                           "(--epochs counts them all)")
+        if epochs > saved_epochs and args.scheduler == "onecycle":
+            raise CLIError(f"--epochs {epochs}: a onecycle schedule cannot be extended past its "
+                           f"{saved_epochs} epochs")
+        args.epochs = epochs
+    elif ckpt.epoch > saved_epochs:
+        raise CLIError(f"--resume {run_dir}: the checkpoint is after epoch {ckpt.epoch} of {saved_epochs}")
+    return ckpt
 
 
 def _write_metrics_csv(history: Any, path: Path) -> None:
@@ -437,7 +514,8 @@ def _read_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- main
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "trace": trace.cmd_trace}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "trace": trace.cmd_trace,
+            "export": export.cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

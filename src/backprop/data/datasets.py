@@ -460,9 +460,11 @@ def load_csv(
 
     # NOTE: utf-8-sig drops the byte-order mark that spreadsheet exports put first.
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # NOTE: strict: an unclosed quote is an error, not a field that swallows the rest of the file
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        start = [1]  # the line the row being read starts on (a quoted field may span lines)
         try:
-            rows = _nonblank_rows(reader)
+            rows = _nonblank_rows(reader, start)
             head = list(itertools.islice(rows, 2))
             if not head:
                 raise ValueError(f"{path}: empty CSV file (no rows)")
@@ -478,7 +480,7 @@ def load_csv(
             label_idx = _label_index(path, label_column, names, n_cols)
             feats, labels, lines = _parse_rows(path, body, n_cols, label_idx, names, ref_line)
         except csv.Error as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from exc
+            raise ValueError(_malformed(path, start[0], reader.line_num, exc, delimiter)) from None
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text ({exc})") from exc
     if not feats:
@@ -496,12 +498,32 @@ def load_csv(
     return Dataset(*train, *test, classes=classes, name=f"csv:{path.name}")
 
 
-def _nonblank_rows(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, stripped cells) of each row that is not blank."""
-    for row in reader:
+def _nonblank_rows(reader: Iterator[list[str]], start: list[int]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, stripped cells) of each row that is not blank; ``start[0]`` is the line being read."""
+    while True:
+        start[0] = reader.line_num + 1  # type: ignore[attr-defined]
+        row = next(reader, None)
+        if row is None:
+            return
         cells = [cell.strip() for cell in row]
         if len(cells) > 1 or (cells and cells[0]):
             yield reader.line_num, cells  # type: ignore[attr-defined]
+
+
+def _malformed(path: Path, start: int, end: int, exc: csv.Error, delimiter: str) -> str:
+    """The message for a row the csv module cannot parse: its line and, for an unclosed quote, the column."""
+    text = ""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            text = next(itertools.islice(f, start - 1, None), "")
+    except (OSError, UnicodeDecodeError):
+        pass
+    if "unexpected end of data" in str(exc) and text:
+        # the fields before the unclosed one, as a lenient reader splits the line
+        column = len(next(csv.reader([text], delimiter=delimiter), [""]))
+        return (f"{path}, line {start}, column {column}: malformed CSV: the quoted field that starts there is "
+                f"never closed (the file ends on line {end})")
+    return f"{path}, line {start}: malformed CSV ({exc})"
 
 
 def _is_number(cell: str) -> bool:

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
@@ -44,6 +45,7 @@ _DTYPES: dict[int, np.dtype] = {
 }
 _CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -70,11 +72,9 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
     # NOTE: compression is detected from the content, not the name: a raw IDX file
     # starts with two zero bytes, a gzip stream with 1f 8b, so the two never clash.
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+    compressed = data[:2] == _GZIP_MAGIC
+    if compressed:
+        data = _gunzip_idx(path, data)
 
     if len(data) < 4:
         raise ValueError(f"{path}: not an IDX file: {len(data)} bytes, too short for the 4-byte magic number")
@@ -103,14 +103,44 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     actual = len(data) - header_bytes
     if actual != expected:
         kind = "truncated" if actual < expected else "overlong"
+        # NOTE: a compressed file is decompressed only one byte past the declared size
+        holds = f"at least {actual}" if compressed and actual > expected else f"{actual}"
         raise ValueError(
             f"{path}: {kind} IDX payload: the header declares shape {shape} of {dtype.name}, "
-            f"i.e. {expected} bytes, but the file holds {actual} bytes after the {header_bytes}-byte header"
+            f"i.e. {expected} bytes, but the file holds {holds} bytes after the {header_bytes}-byte header"
         )
     # astype copies into native byte order, so the result is writable and owns its memory.
     return (
         np.frombuffer(data, dtype=dtype, offset=header_bytes).reshape(shape).astype(dtype.newbyteorder("="))
     )
+
+
+def _gunzip_idx(path: Path, data: bytes) -> bytes:
+    """Decompress no more than the header says the file holds (plus one byte, to notice an overlong one).
+
+    A few kilobytes of gzip can expand to gigabytes (a "zip bomb"); reading the header first bounds the
+    memory by the size the header declares, which the array needs anyway.
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            head = stream.read(4)
+            ndim = head[3] if len(head) == 4 and head[:2] == b"\x00\x00" else 0
+            head += stream.read(4 * ndim)
+            if len(head) < 4 + 4 * ndim or head[2] not in _DTYPES:
+                return head + stream.read(1)  # too short or unknown type: the checks below say which
+            shape = np.frombuffer(head, dtype=">u4", count=ndim, offset=4)
+            size = _DTYPES[head[2]].itemsize * int(np.prod(shape.astype(object), dtype=object))
+            # NOTE: in chunks: read(n) would allocate n bytes at once, and the header's n may be absurd
+            chunks, left = [head], size + 1
+            while left > 0:
+                chunk = stream.read(min(left, _CHUNK))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:

@@ -1,5 +1,6 @@
 """Saving and loading: models as safetensors files (weights) with their architecture as JSON in the header,
-and atomic writes for every file backprop produces (checkpoints, metrics, plots).
+training checkpoints that resume exactly (:mod:`backprop.io.checkpoint`), and atomic writes for every file
+backprop produces (checkpoints, metrics, plots).
 
 >>> import backprop.io as bio
 >>> sorted(bio.LAYER_TYPES)[:3]
@@ -7,6 +8,14 @@ and atomic writes for every file backprop produces (checkpoints, metrics, plots)
 """
 
 from backprop.io.atomic import atomic_write, load_json, save_json, write_bytes_atomic, write_text_atomic
+from backprop.io.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    TrainingCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from backprop.io.serialization import (
     FORMAT,
     FORMAT_VERSION,
@@ -24,7 +33,8 @@ from backprop.io.serialization import (
 )
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "LAYER_TYPES", "Arg", "LayerSpec", "atomic_write", "load", "load_json",
-    "load_metadata", "load_weights", "model_from_config", "model_to_config", "register_layer", "save",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "FORMAT", "FORMAT_VERSION", "LAYER_TYPES", "Arg", "Checkpoint",
+    "LayerSpec", "TrainingCheckpoint", "atomic_write", "load", "load_checkpoint", "load_json", "load_metadata",
+    "load_weights", "model_from_config", "model_to_config", "register_layer", "save", "save_checkpoint",
     "save_json", "save_weights", "write_bytes_atomic", "write_text_atomic",
 ]

@@ -366,7 +366,34 @@ def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str, wh
             raise ValueError(f"model config: {where}{what}: unexpected key {key!r} (allowed keys: {', '.join(allowed)})")
 
 
-def _build(cfg: Any, where: str, depth: int, root: bool) -> Module:
+def _min_weights(cls: type, kw: Mapping[str, Any]) -> int:
+    """A lower bound on the number of weights a built-in layer with these arguments holds (0 if unknown).
+
+    ``load`` compares it with the number of values in the file *before* building the layer, so that a small
+    crafted file cannot make it allocate and randomly initialise gigabytes (Linear(100000, 100000)) only to
+    find that the weights do not match.
+    """
+    from backprop.nn import conv, embedding, normalization
+
+    def sizes(v: Any, n: int) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+    try:
+        if cls is L.Linear:
+            return kw["in_features"] * kw["out_features"]
+        if cls in (conv.Conv1d, conv.Conv2d):
+            kernel = sizes(kw["kernel_size"], 1 if cls is conv.Conv1d else 2)
+            return kw["out_channels"] * (kw["in_channels"] // max(kw.get("groups", 1), 1)) * math.prod(kernel)
+        if cls is embedding.Embedding:
+            return kw["num_embeddings"] * kw["embedding_dim"]
+        if cls is normalization.LayerNorm and kw.get("elementwise_affine", True):
+            return math.prod(sizes(kw["normalized_shape"], 1))
+    except (KeyError, TypeError):  # arguments the constructor itself will refuse
+        return 0
+    return 0
+
+
+def _build(cfg: Any, where: str, depth: int, root: bool, budget: list[int] | None = None) -> Module:
     if depth > _MAX_DEPTH:
         raise ValueError(f"model config: {where}: Sequentials nested deeper than {_MAX_DEPTH}")
     if not isinstance(cfg, Mapping):
@@ -383,7 +410,7 @@ def _build(cfg: Any, where: str, depth: int, root: bool) -> Module:
         layers = cfg.get("layers")
         if not isinstance(layers, list):
             raise ValueError(f"model config: {where} (Sequential): 'layers' must be a list, got {_show(layers)}")
-        return Sequential(*[_build(c, f"{where}.layers[{i}]", depth + 1, False) for i, c in enumerate(layers)])
+        return Sequential(*[_build(c, f"{where}.layers[{i}]", depth + 1, False, budget) for i, c in enumerate(layers)])
     spec = LAYER_TYPES.get(kind)
     if spec is None:
         raise ValueError(f"model config: {where}: unknown layer type {_show(kind)}; known types: {_known_layers()}")
@@ -405,21 +432,30 @@ def _build(cfg: Any, where: str, depth: int, root: bool) -> Module:
     for key, arg in spec.args.items():
         if arg.required and key not in kwargs:
             raise ValueError(f"model config: {where} ({kind}): argument {key!r} is missing ({arg.describe()})")
+    if budget is not None:
+        need = _min_weights(spec.cls, kwargs)
+        if need > budget[0]:
+            raise ValueError(f"model config: {where} ({kind}): {kind}(**{kwargs}) needs at least {need} weights, "
+                             f"more than the {budget[1]} values the file holds in all")
+        budget[0] -= need
     try:
         return spec.cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model config: {where} ({kind}): {kind}(**{kwargs}) failed: {e}") from None
 
 
-def model_from_config(config: Mapping[str, Any], *, keep_rng: bool = False) -> Module:
+def model_from_config(config: Mapping[str, Any], *, keep_rng: bool = False, max_weights: int | None = None) -> Module:
     """Build the model a config describes (freshly initialised); ValueError naming the layer at fault.
 
     ``keep_rng=True`` leaves backprop's random generator as it was (the initial weights still use it).
+    ``max_weights``: refuse, before allocating it, a layer that would take the built-in layers' weights
+    past this many values in all (:func:`load` passes the number of values in the file).
     """
     rng = get_rng()
     state = rng.bit_generator.state if keep_rng else None
     try:
-        model = _build(config, "model", 0, True)
+        budget = None if max_weights is None else [int(max_weights), int(max_weights)]
+        model = _build(config, "model", 0, True, budget)
         dtype = config.get("dtype", "float32")
         if dtype not in _MODEL_DTYPES:
             raise ValueError(f"model config: model: 'dtype' must be one of {_MODEL_DTYPES}, got {_show(dtype)}")
@@ -597,7 +633,7 @@ def load(path: PathLike) -> Module:
     p, meta, tensors = _read_file(path)
     config = _architecture(p, meta)
     try:
-        model = model_from_config(config, keep_rng=True)
+        model = model_from_config(config, keep_rng=True, max_weights=sum(int(a.size) for a in tensors.values()))
     except ValueError as e:
         raise _invalid(p, str(e)) from None
     problem = _mismatch(_state_shapes(model), tensors)

@@ -16,9 +16,12 @@ With N samples and batch size B an epoch is ceil(N/B) iterations in which every 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +29,7 @@ import numpy as np
 
 from backprop import optim
 from backprop.data.loader import DataLoader
-from backprop.engine.random import manual_seed
+from backprop.engine.random import get_rng, manual_seed
 from backprop.engine.tensor import Tensor, no_grad
 from backprop.nn import functional as F
 from backprop.nn.layers import Linear
@@ -282,6 +285,8 @@ def fit(
     clip_value: float | None = None,
     class_weight: Mapping[int, float] | str | None = None,
     sample_weight: Any = None,
+    resume_from: Any = None,
+    checkpoint: Any = None,
 ) -> History:
     """Train ``model`` on (x, y) by mini-batch backpropagation; return the History of every epoch.
 
@@ -314,6 +319,18 @@ def fit(
     learning rate. The History's ``loss`` is the weighted loss; metrics and the
     validation loss are unweighted. A NaN or infinite loss raises :class:`TrainingDiverged` (with the
     History so far as ``err.history``) unless a callback such as ``TerminateOnNaN`` stops training.
+
+    ``checkpoint``: a path (``str.format`` fields ``{epoch}`` and log keys allowed) or a
+    :class:`~backprop.io.TrainingCheckpoint` (or any object with a ``filepath``, e.g. a ``ModelCheckpoint``)
+    where a training checkpoint (:mod:`backprop.io.checkpoint`: weights, optimizer and scheduler states,
+    random generator states, counters, History) is written atomically at the end of every epoch.
+    ``resume_from``: such a checkpoint (a path or a loaded :class:`~backprop.io.Checkpoint`) to continue
+    from; ``epochs`` stays the TOTAL number of epochs (Keras's ``initial_epoch``): resuming a run saved
+    after 2 of 4 epochs trains epochs 3 and 4, and the weights, History and everything else are then
+    bit-identical to those of the uninterrupted run, given the same data, model, optimizer and scheduler
+    (built the same way), the same ``batch_size``, ``shuffle``, ``validation_split`` and ``seed`` (checked;
+    ``seed`` may be left out) and the same BLAS library and thread count. Callbacks keep no state across a
+    resume (an EarlyStopping's patience count starts over).
     """
     _positive("batch_size", batch_size)
     _positive("epochs", epochs, allow_zero=True)
@@ -337,10 +354,22 @@ def fit(
     weighted_loss = _weighted(_per_sample_loss(loss)) if weighted else None
     metric_list = _resolve_metrics(metrics, y)
 
-    seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None, None, None]
-    if seed is not None:
+    resume, fit_record = None, None
+    if resume_from is not None:
+        from backprop.io.checkpoint import Checkpoint, load_checkpoint
+
+        resume = resume_from if isinstance(resume_from, Checkpoint) else load_checkpoint(resume_from)
+        seed = _check_resume(resume, seed, epochs, batch_size, shuffle, validation_split, len(x))
+    # NOTE: seed=None draws fresh entropy here, recorded in checkpoints so that a resume recomputes the split
+    root = np.random.SeedSequence(int(resume.extra["fit"]["seed_entropy"]) if resume is not None
+                                  and "fit" in resume.extra else seed)
+    seeds = root.spawn(3)
+    if seed is not None and resume is None:  # resuming restores the generator's saved state instead
         manual_seed(int(seeds[1].generate_state(1)[0]))
-    history = History()
+    history = History() if resume is None else resume.to_history()
+    if checkpoint is not None or resume is not None:
+        fit_record = {"seed": seed, "seed_entropy": str(root.entropy), "epochs": epochs, "batch_size": batch_size,
+                      "shuffle": bool(shuffle), "validation_split": float(validation_split), "samples": len(x)}
     if validation_split:
         x, y, xv, yv, train_idx, history.validation_indices = _split_validation(
             x, y, validation_split, np.random.default_rng(seeds[2]))
@@ -371,6 +400,15 @@ def fit(
                         seed=seeds[0])
     n_batches = len(loader)
     history.params = {"epochs": epochs, "batch_size": batch_size, "steps": n_batches, "samples": len(x)}
+    saver = _checkpoint_target(checkpoint) if checkpoint is not None else None
+    lr_schedules = [cb.schedule for cb in callbacks if isinstance(cb, LearningRateScheduler) and cb.is_scheduler]
+    if len(lr_schedules) > 1 and (saver is not None or resume is not None):
+        raise ValueError("fit: checkpoints hold one learning-rate scheduler; got several LearningRateScheduler "
+                         "callbacks with scheduler objects")
+    schedule = lr_schedules[0] if lr_schedules else None
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = _restore(resume, model, opt, schedule, loader)
     model.stop_training = False
     for cb in callbacks:
         cb.set_model(model)
@@ -390,7 +428,10 @@ def fit(
             for cb in callbacks:
                 cb.on_train_begin({})
                 begun.append(cb)
-            for epoch in range(epochs):
+            if resume is not None:  # last, as the uninterrupted run went straight from the epoch's end to the next
+                get_rng().bit_generator.state = resume.rng_states["global"]
+                loader.rng.bit_generator.state = resume.rng_states["loader"]
+            for epoch in range(start_epoch, epochs):
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch, {})
                 model.train()
@@ -458,6 +499,8 @@ def fit(
                     cb.on_epoch_end(epoch, logs)
                 history.record(epoch, logs)
                 progress.end_epoch(logs)
+                if saver is not None:
+                    _write_checkpoint(saver, model, opt, schedule, epoch, logs, history, loader, fit_record)
                 if model.stop_training:
                     history.stopped_early = True
                     break
@@ -472,6 +515,101 @@ def fit(
         for cb in begun:
             cb.on_train_end(logs)
     return history
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _check_resume(resume: Any, seed: int | None, epochs: int, batch_size: int, shuffle: bool,
+                  validation_split: float, n_samples: int) -> int | None:
+    """The seed to use when resuming from ``resume``; ValueError if this fit cannot continue that run exactly."""
+    where = f"fit: resume_from={resume.path or 'the checkpoint'}"
+    if resume.epoch > epochs:
+        raise ValueError(f"{where} has already trained {resume.epoch} epochs, more than epochs={epochs} (epochs "
+                         "is the total number of epochs, counting those already trained)")
+    for name in ("global", "loader"):
+        if name not in resume.rng_states:
+            raise ValueError(f"{where} holds no state for the {name!r} random generator")
+    record = resume.extra.get("fit")
+    if record is None:
+        if validation_split and seed is None:
+            raise ValueError(f"{where} was not written by fit: pass the seed used, to recompute the validation split")
+        return seed
+    if not isinstance(record, dict) or not {"seed", "seed_entropy", "batch_size", "shuffle", "validation_split",
+                                            "samples"} <= set(record):
+        raise ValueError(f"{where}: its extra['fit'] record is incomplete")
+    if not isinstance(record["seed_entropy"], str) or not record["seed_entropy"].isdigit():
+        raise ValueError(f"{where}: its extra['fit']['seed_entropy'] is not an integer")
+    given = {"seed": seed, "batch_size": batch_size, "shuffle": bool(shuffle),
+             "validation_split": float(validation_split), "samples": n_samples}
+    if seed is None:
+        given["seed"] = record["seed"]
+    wrong = [f"{k}={record[k]!r} (got {v!r})" for k, v in given.items() if record[k] != v]
+    if wrong:
+        what = "samples" if any(w.startswith("samples") for w in wrong) else "settings"
+        raise ValueError(f"{where} was trained with other {what}: " + ", ".join(wrong)
+                         + "; resuming exactly needs the same data, batch_size, shuffle, validation_split and seed")
+    env = record.get("environment")
+    if env is not None and env != _environment():
+        warnings.warn(f"{where} was written with another NumPy/BLAS configuration ({env}); the resumed run "
+                      "may differ from an uninterrupted one in the last bits", RuntimeWarning, stacklevel=3)
+    return given["seed"]
+
+
+def _restore(resume: Any, model: Module, opt: optim.Optimizer, schedule: Any, loader: DataLoader) -> int:
+    """Load the checkpoint's states (all checked before any is changed); the epoch to continue with."""
+    for name, gen in (("global", get_rng()), ("loader", loader.rng)):
+        kind = type(gen.bit_generator).__name__
+        if resume.rng_states[name]["bit_generator"] != kind:
+            raise ValueError(f"fit: resume_from: the saved {name!r} generator is a "
+                             f"{resume.rng_states[name]['bit_generator']}, this one a {kind}")
+    resume.restore(model, opt, schedule)
+    return resume.epoch
+
+
+_env_cache: dict[str, Any] = {}
+
+
+def _environment() -> dict[str, Any]:
+    """NumPy's version and the BLAS libraries with their thread counts: what bit-exact results depend on."""
+    if "env" not in _env_cache:
+        env: dict[str, Any] = {"numpy": np.__version__}
+        with contextlib.suppress(Exception):  # threadpoolctl missing or failing: record what is known
+            from threadpoolctl import threadpool_info
+
+            env["blas"] = sorted(f"{d.get('internal_api')} {d.get('version')} {d.get('num_threads')} threads"
+                                 for d in threadpool_info() if d.get("user_api") == "blas")
+        _env_cache["env"] = env
+    return _env_cache["env"]
+
+
+def _checkpoint_target(checkpoint: Any) -> Any:
+    from backprop.io.checkpoint import TrainingCheckpoint
+
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return TrainingCheckpoint(checkpoint)
+    if isinstance(getattr(checkpoint, "filepath", None), (str, os.PathLike)):
+        return checkpoint
+    raise TypeError(f"fit: checkpoint must be a path or a TrainingCheckpoint, got {type(checkpoint).__name__}")
+
+
+def _write_checkpoint(saver: Any, model: Module, opt: optim.Optimizer, schedule: Any, epoch: int,
+                      logs: dict[str, float], history: History, loader: DataLoader, record: dict[str, Any]) -> None:
+    """The end-of-epoch checkpoint: the state the next epoch starts from (its permutation not drawn yet)."""
+    from backprop.io.checkpoint import save_checkpoint
+
+    path = os.fspath(saver.filepath)
+    if "{" in path:
+        try:
+            path = path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"fit: checkpoint path {path!r} uses the field {e}, which is not among epoch, "
+                             f"{', '.join(logs)}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    extra = {**dict(getattr(saver, "extra", None) or {}), "fit": {**record, "environment": _environment()}}
+    save_checkpoint(path, model, opt, schedule, epoch=epoch + 1, iteration=history.iterations,
+                    rng_states={"global": get_rng(), "loader": loader.rng}, history=history, extra=extra)
+    if hasattr(saver, "last_saved"):
+        saver.last_saved = path
 
 
 def _restore_if_overflowed(model: Module, snapshot: list[np.ndarray]) -> str | None:

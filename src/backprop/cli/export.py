@@ -1,0 +1,81 @@
+"""``backprop export``: a model file written by ``backprop train`` as an ONNX file.
+
+    backprop export runs/<stamp>/model.safetensors --onnx model.onnx
+    backprop export runs/<stamp>/model.safetensors --onnx model.onnx --opset 20
+
+The graph takes a float32 batch of shape (batch, n_features), the flattened samples ``backprop train`` saw
+(the model file's ``n_features``), and gives what the model gives in eval mode (logits, log-probabilities or
+sigmoid outputs, depending on its loss). Needs ``pip install onnx onnxruntime`` (onnxruntime checks the
+export against backprop on a random sample before the file is written). Errors: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _opset(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to ``subparsers`` (the object ``add_subparsers`` returned)."""
+    p = subparsers.add_parser(
+        "export",
+        help="write a trained model as an ONNX file (for onnxruntime and other runtimes)",
+        description="Export a model file written by 'backprop train' to ONNX: the network as it predicts "
+        "(eval mode), taking a (batch, n_features) float32 input named 'input' and giving 'output'. The "
+        "graph is checked by onnx.checker and, when onnxruntime is installed, against backprop's own output.",
+    )
+    p.add_argument("model", help="a model file written by 'backprop train'")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX operator set version (default: 17)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def _cli_error(message: str) -> Exception:
+    from backprop.cli.main import CLIError  # NOTE: not at the top: main.py imports this module
+
+    return CLIError(message)
+
+
+def _n_features(meta: dict[str, Any], path: str) -> int:
+    n = meta.get("n_features")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    raise _cli_error(f"{path} has no n_features in its metadata (was it written by 'backprop train'?); "
+                     f"export it from Python with backprop.onnx.export(model, path, example_input)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from backprop import io as bio
+
+    if not os.path.exists(args.model):
+        raise _cli_error(f"model file {args.model} does not exist")
+    try:
+        from backprop import onnx as bonnx
+
+        bonnx._need_onnx()
+    except ImportError as e:
+        raise _cli_error(f"backprop export needs the onnx package: pip install onnx onnxruntime ({e})") from None
+    model = bio.load(args.model)
+    meta = bio.load_metadata(args.model) or {}
+    n_features = _n_features(meta, args.model)
+    dtype = model.dtype
+    example = np.random.default_rng(0).random((1, n_features)).astype(dtype)
+    out_dir = os.path.dirname(os.path.abspath(args.onnx))
+    if not os.path.isdir(out_dir):
+        raise _cli_error(f"cannot write {args.onnx}: folder {out_dir} does not exist")
+    proto = bonnx.export(model, args.onnx, example, opset=args.opset)
+    out_shape = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    print(f"wrote {args.onnx}: ONNX opset {args.opset}, input 'input' (batch, {n_features}) {dtype}, "
+          f"output 'output' ({', '.join(map(str, out_shape))})")
+    return 0
