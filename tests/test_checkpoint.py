@@ -244,6 +244,10 @@ def test_resume_in_process_and_fit_checks(ckpt):
         again(resume_from=ckpt, scheduler=None)
     _, done = again(resume_from=ckpt, epochs=2)  # nothing left to train
     assert done.epochs == 2 and done.epoch == [0, 1]
+    other = rewrite(ckpt, ckpt.with_name("other-blas.safetensors"),
+                    body=lambda b: b["extra"]["fit"].update(environment={"numpy": "0.0", "blas": []}))
+    with pytest.warns(RuntimeWarning, match="another NumPy/BLAS configuration"):
+        again(resume_from=other)
 
 
 def test_checkpoint_targets(tmp_path):

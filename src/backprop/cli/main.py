@@ -182,7 +182,7 @@ def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) ->
     """The learning-rate schedule and whether it steps per "epoch" or per "step" (iteration)."""
     from backprop.optim import lr_scheduler as S
 
-    epochs = max(args.epochs, 1)
+    epochs = max(DEFAULT_EPOCHS if args.epochs is None else args.epochs, 1)
     if args.scheduler == "onecycle":
         if args.warmup:
             raise CLIError("--warmup does not combine with --scheduler onecycle, which warms up by itself")

@@ -391,6 +391,11 @@ def _split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int | None) -> 
         if not 0.0 <= test_size < 1.0:
             raise ValueError(f"test_size as a fraction must be in [0, 1), got {test_size}")
         n_test = math.ceil(test_size * n)  # what scikit-learn does
+        if n_test >= n > 0:
+            raise ValueError(
+                f"test_size={test_size} leaves no training samples: ceil({test_size} * {n}) = {n_test} of the "
+                f"{n} samples would go to the test split"
+            )
     else:
         if not 0 <= test_size < n:
             raise ValueError(f"test_size as a count must be in [0, {n}) for {n} samples, got {test_size}")
@@ -494,7 +499,10 @@ def load_csv(
             f"{path}, {_where(lines[i], column, names)}: feature {x[i, j]} is not a finite number"
         )
     y, classes = _encode_labels(path, labels, lines, label_idx, names)
-    train, test = _split(x, y, test_size, seed)
+    try:
+        train, test = _split(x, y, test_size, seed)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return Dataset(*train, *test, classes=classes, name=f"csv:{path.name}")
 
 
@@ -602,6 +610,9 @@ def _parse_rows(
     return feats, labels, lines
 
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
 def _as_int(cell: str) -> int | None:
     """The integer a label cell holds ("3" or "3.0"), else None."""
     try:
@@ -624,6 +635,12 @@ def _encode_labels(
             raise ValueError(f"{path}, {_where(lines[i], label_idx, names)}: empty label")
     ints = [_as_int(cell) for cell in labels]
     if all(v is not None for v in ints):
+        big = next((i for i, v in enumerate(ints) if not _INT64_MIN <= v <= _INT64_MAX), None)
+        if big is not None:
+            raise ValueError(
+                f"{path}, {_where(lines[big], label_idx, names)}: label {labels[big]!r} is too large "
+                f"for a class label (a 64-bit integer: at most {_INT64_MAX} in magnitude)"
+            )
         classes, y = np.unique(np.array(ints, dtype=np.int64), return_inverse=True)
     elif all(_is_number(cell) for cell in labels):
         i = next(i for i, v in enumerate(ints) if v is None)

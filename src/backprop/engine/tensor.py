@@ -127,7 +127,9 @@ class Function:
         """Run forward on the parents' data; link the result into the graph if any parent needs a gradient."""
         ctx = cls()
         out = Tensor.__new__(Tensor)
-        out.data = ctx.forward(*[p.data for p in parents], **kwargs)
+        data = ctx.forward(*[p.data for p in parents], **kwargs)
+        # NOTE: NumPy returns scalars (np.float32) from operations on 0-d arrays; keep .data an ndarray
+        out.data = data if type(data) is np.ndarray else np.asarray(data)
         out.grad = None
         if _grad_enabled:
             needs = tuple([p.requires_grad for p in parents])
@@ -341,7 +343,8 @@ def _accumulate_leaf(leaf: Tensor, g: np.ndarray, incoming: np.ndarray | None) -
         # NOTE: an op may pass its incoming gradient straight through (Add hands the same array to both
         # inputs) or return a view (Sum's read-only broadcast_to); copy those, so a later in-place +=
         # into one .grad cannot change another. Freshly computed arrays are stored as they are.
-        if g is incoming or g.base is not None or g.dtype != leaf.data.dtype or g.shape != leaf.data.shape:
+        if (type(g) is not np.ndarray or g is incoming or g.base is not None or g.dtype != leaf.data.dtype
+                or g.shape != leaf.data.shape):
             g = np.array(np.broadcast_to(g, leaf.data.shape), dtype=leaf.data.dtype)
         leaf.grad = g
     else:

@@ -1,0 +1,483 @@
+"""Data-parallel training over MPI (mpi4py): every rank holds the whole model and a shard of each batch.
+
+Run a script under ``mpiexec -n P python script.py``. Each GLOBAL mini-batch of ``batch_size`` samples
+(drawn from the same permutation on every rank, from the same seed) is split into P contiguous shards;
+each rank computes the gradient of its shard, :class:`GradientAllreduce` averages the gradients over
+the ranks (weighted by the ranks' sample counts), and every rank takes the same optimizer step. The
+model therefore follows the single-process run with the same ``batch_size`` and ``seed``, up to the
+rounding of the sums in another order (about 1e-6 relative in float32, 1e-15 in float64 per step).
+
+Not covered (documented limits):
+
+* BatchNorm statistics are computed per rank over its shard (no sync_batchnorm), and the running
+  statistics of the ranks diverge; the weights saved from rank 0 are the reference.
+* Dropout masks are drawn on each rank for its own shard (:meth:`Trainer.seed_ranks` decorrelates the
+  ranks' streams), so models with dropout train equivalently in distribution, not bit for bit.
+* A parameter without a gradient on every rank stays without one; if some ranks produce a gradient
+  for it and others none, the missing ones count as zeros.
+
+Hooks for ``fit`` (see :class:`Trainer`)::
+
+    dist = Trainer(model, opt, batch_size)     # checks batch_size % size == 0
+    dist.broadcast()                           # rank 0's weights, buffers and optimizer state everywhere
+    for xb, yb in loader:                      # the same global batches on every rank
+        xb, yb = dist.shard(xb, yb)            # this rank's slice
+        ...forward, loss, backward...
+        dist.allreduce_gradients()             # the gradient of the global batch, on every rank
+        opt.step()
+    total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)   # epoch end
+    dist.reduce_metrics(metric_list)
+    if dist.is_root: print / write files
+
+:func:`fit_distributed` is the reference implementation of these hooks (until ``fit(distributed=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Context",
+    "GradientAllreduce",
+    "Trainer",
+    "allreduce_metrics",
+    "broadcast_optimizer_state",
+    "broadcast_parameters",
+    "fit_distributed",
+    "init",
+    "is_available",
+    "is_root",
+    "reduce_metric_states",
+    "shard_batch",
+    "shard_bounds",
+]
+
+DEFAULT_BUCKET_BYTES = 4 << 20  # 4 MiB: one Allreduce per 1M float32 gradients
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def is_available() -> bool:
+    """True if mpi4py imports and its MPI library loads."""
+    try:
+        from mpi4py import MPI  # noqa: F401
+    except (ImportError, RuntimeError, OSError):  # RuntimeError/OSError: libmpi missing
+        return False
+    return True
+
+
+def _mpi() -> Any:
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("backprop.distributed needs mpi4py and an MPI library: "
+                          "pip install 'backprop[mpi]' (mpi4py and mpich)") from e
+    return MPI
+
+
+@dataclass(frozen=True)
+class Context:
+    """The communicator and this process's place in it."""
+
+    comm: Any
+    rank: int
+    size: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+def init(comm: Any = None) -> Context:
+    """Import MPI (initialising it) and describe ``comm`` (default ``MPI.COMM_WORLD``)."""
+    MPI = _mpi()
+    comm = MPI.COMM_WORLD if comm is None else comm
+    return Context(comm, comm.Get_rank(), comm.Get_size())
+
+
+def _comm(comm: Any) -> Any:
+    return init(comm).comm
+
+
+def is_root(comm: Any = None) -> bool:
+    """True on rank 0 (and when MPI is not available: a single process is its own root)."""
+    if comm is None and not is_available():
+        return True
+    return _comm(comm).Get_rank() == 0
+
+
+# -------------------------------------------------------------------------------------------- broadcast
+def _bcast_array(comm: Any, arr: np.ndarray, root: int) -> None:
+    """Broadcast ``arr`` in place (through a contiguous copy if it is not contiguous)."""
+    if arr.flags.c_contiguous and arr.flags.writeable:
+        comm.Bcast(arr, root=root)
+    else:
+        tmp = np.ascontiguousarray(arr)
+        comm.Bcast(tmp, root=root)
+        arr[...] = tmp
+
+
+def broadcast_parameters(model: Any, root: int = 0, comm: Any = None) -> None:
+    """Overwrite every rank's parameters and buffers (BatchNorm running statistics...) with root's, in place."""
+    comm = _comm(comm)
+    names = [n for n, _ in model.named_parameters()]
+    if comm.bcast(names if comm.Get_rank() == root else None, root=root) != names:
+        raise ValueError(f"broadcast_parameters: rank {comm.Get_rank()} has other parameters than rank {root}")
+    for p in model.parameters():
+        _bcast_array(comm, p.data, root)
+    for _, mod in model.named_modules():
+        for name in getattr(mod, "_buffers", ()):
+            value = getattr(mod, name)
+            if isinstance(value, np.ndarray):
+                _bcast_array(comm, value, root)
+            else:
+                setattr(mod, name, comm.bcast(value, root=root))
+
+
+def broadcast_optimizer_state(opt: Any, root: int = 0, comm: Any = None) -> None:
+    """Give every rank root's optimizer state (moments, step counts, hyperparameters such as lr)."""
+    comm = _comm(comm)
+    state = comm.bcast(opt.state_dict() if comm.Get_rank() == root else None, root=root)
+    if comm.Get_rank() != root:
+        opt.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------- sharding
+def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
+    """[start, stop) of ``rank``'s slice of n samples split as evenly as possible (first ranks get 1 more)."""
+    q, r = divmod(n, size)
+    start = rank * q + min(rank, r)
+    return start, start + q + (rank < r)
+
+
+def check_batch_size(batch_size: int, size: int) -> None:
+    if batch_size % size:
+        raise ValueError(f"distributed training: the global batch size B={batch_size} is not divisible by the "
+                         f"number of ranks ({size}); use a multiple of {size}, e.g. B={batch_size - batch_size % size or size}")
+
+
+def shard_batch(xb: Any, yb: Any, rank: int, size: int, batch_size: int | None = None) -> tuple[Any, Any]:
+    """This rank's slice of a GLOBAL batch ``(xb, yb)``.
+
+    ``batch_size`` (default ``len(xb)``) is the global batch size B, which must be divisible by ``size``
+    (ValueError otherwise). A smaller batch (the last of an epoch) is split as evenly as possible;
+    :class:`GradientAllreduce` then weights each rank by its sample count. ``yb`` may be None.
+    """
+    check_batch_size(len(xb) if batch_size is None else batch_size, size)
+    start, stop = shard_bounds(len(xb), rank, size)
+    return xb[start:stop], (None if yb is None else yb[start:stop])
+
+
+# ------------------------------------------------------------------------------------------- allreduce
+class GradientAllreduce:
+    """Average the gradients of ``params`` over the ranks: one ``Allreduce`` per bucket of contiguous memory.
+
+    The parameters are grouped by dtype (float32, float64) into flat preallocated buffers of at most
+    ``bucket_bytes`` each (a larger parameter gets a bucket to itself). A call copies the gradients in,
+    reduces each bucket in place (``MPI.IN_PLACE``, SUM), divides, and copies the result back. All ranks
+    must build it over the same parameters in the same order.
+    """
+
+    def __init__(self, params: Iterable[Any], bucket_bytes: int = DEFAULT_BUCKET_BYTES, comm: Any = None) -> None:
+        self.comm = _comm(comm)
+        self.size = self.comm.Get_size()
+        seen: set[int] = set()
+        self.params = [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+        if bucket_bytes < 1:
+            raise ValueError(f"GradientAllreduce: bucket_bytes must be >= 1, got {bucket_bytes}")
+        self.buckets: list[tuple[np.ndarray, list[tuple[int, int, int]]]] = []  # (buffer, [(param index, start, stop)])
+        for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+            pending: list[tuple[int, int, int]] = []
+            offset = 0
+            for i, p in enumerate(self.params):
+                if p.data.dtype != dtype:
+                    continue
+                n = p.data.size
+                if pending and (offset + n) * dtype.itemsize > bucket_bytes:
+                    self.buckets.append((np.empty(offset, dtype), pending))
+                    pending, offset = [], 0
+                pending.append((i, offset, offset + n))
+                offset += n
+            if pending:
+                self.buckets.append((np.empty(offset, dtype), pending))
+        other = {str(p.data.dtype) for p in self.params} - {"float32", "float64"}
+        if other:
+            raise TypeError(f"GradientAllreduce: parameters must be float32 or float64, got {sorted(other)}")
+        self._has = np.zeros(len(self.params), dtype=np.int32)
+        self.calls = 0  # Allreduce calls made (for tests and benchmarks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buf.nbytes for buf, _ in self.buckets)
+
+    def __call__(self, n_local: float | None = None, n_global: float | None = None) -> None:
+        """Replace every gradient by the average over the ranks.
+
+        Without arguments: the plain mean of the ranks' gradients (equal shards). With ``n_local`` (this
+        rank's samples) and ``n_global`` (their sum over the ranks): ``sum_r n_r * grad_r / n_global``, the
+        mean gradient of the global batch when each rank's gradient is the mean over its own shard.
+        """
+        MPI = _mpi()
+        comm, params = self.comm, self.params
+        if self.size == 1 and n_local is None:
+            return
+        for i, p in enumerate(params):
+            self._has[i] = p.grad is not None
+        comm.Allreduce(MPI.IN_PLACE, self._has, op=MPI.MAX)
+        weighted = n_local is not None
+        if weighted and n_global is None:
+            raise ValueError("GradientAllreduce: pass n_global with n_local")
+        for buf, items in self.buckets:
+            for i, start, stop in items:
+                g = params[i].grad
+                if g is None:
+                    buf[start:stop] = 0
+                else:
+                    buf[start:stop].reshape(g.shape)[...] = g
+            if weighted:
+                buf *= n_local
+            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            self.calls += 1
+            if weighted:
+                buf /= n_global if n_global else 1
+            else:
+                buf /= self.size
+            for i, start, stop in items:
+                if not self._has[i]:
+                    continue
+                p = params[i]
+                view = buf[start:stop].reshape(p.data.shape)
+                if p.grad is None or p.grad.shape != p.data.shape or not p.grad.flags.writeable:
+                    p.grad = view.copy()
+                else:
+                    p.grad[...] = view
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def allreduce_metrics(logs: dict[str, float], weight: float = 1.0, comm: Any = None) -> dict[str, float]:
+    """Weighted means over the ranks: ``sum_r weight_r * logs_r[k] / sum_r weight_r`` for every key.
+
+    Give each rank's per-sample means with its sample count as ``weight``; every rank gets the same figures.
+    """
+    MPI = _mpi()
+    comm = _comm(comm)
+    keys = sorted(logs)
+    if comm.allgather(keys) != [keys] * comm.Get_size():
+        raise ValueError("allreduce_metrics: the ranks log different keys")
+    buf = np.array([float(logs[k]) * weight for k in keys] + [float(weight)], dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    total = buf[-1]
+    return {k: (v / total if total else math.nan) for k, v in zip(keys, buf[:-1])}
+
+
+def reduce_metric_states(metrics: Sequence[Any], comm: Any = None) -> None:
+    """Merge the accumulated states of ``fit``'s Metric objects over the ranks, in place.
+
+    Afterwards ``m.result()`` is the figure over the samples of all the ranks. Known states: ``total`` /
+    ``count`` (MeanMetric), ``hits`` / ``count`` (accuracy, top-k), ``cm`` (precision / recall / F1); a
+    metric with a ``merge(others)`` method merges itself. Anything else: TypeError.
+    """
+    if not metrics:
+        return
+    comm = _comm(comm)
+    everyone = comm.allgather([vars(m) for m in metrics])
+    for j, m in enumerate(metrics):
+        states = [ranks[j] for ranks in everyone]
+        if hasattr(m, "merge"):
+            m.merge(states)
+        elif "cm" in states[0]:
+            n = max(s["cm"].shape[0] for s in states)
+            cm = np.zeros((n, n), dtype=np.int64)
+            for s in states:
+                k = s["cm"].shape[0]
+                cm[:k, :k] += s["cm"]
+            m.cm = cm
+        elif "count" in states[0] and ("hits" in states[0] or "total" in states[0]):
+            for attr in ("hits", "total", "count"):
+                if attr in states[0]:
+                    setattr(m, attr, sum(s[attr] for s in states))
+        else:
+            raise TypeError(f"reduce_metric_states: cannot merge the metric {getattr(m, 'name', m)!r} over ranks; "
+                            "give it a merge(states) method")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """The per-step hooks that make a training loop data-parallel (see the module docstring).
+
+    Args:
+        model, optimizer: the model and its optimizer (same construction on every rank).
+        batch_size: the GLOBAL batch size B (divisible by the number of ranks).
+        comm: the communicator (default ``MPI.COMM_WORLD``).
+        bucket_bytes: the size of the gradient buckets.
+    """
+
+    def __init__(self, model: Any, optimizer: Any, batch_size: int, comm: Any = None,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        ctx = init(comm)
+        self.comm, self.rank, self.size = ctx.comm, ctx.rank, ctx.size
+        check_batch_size(batch_size, self.size)
+        self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
+        self.allreduce = GradientAllreduce(model.parameters(), bucket_bytes=bucket_bytes, comm=self.comm)
+        self.n_local, self.n_global = 0, 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, root: int = 0) -> None:
+        """Start from root's weights, buffers and optimizer state on every rank."""
+        broadcast_parameters(self.model, root, self.comm)
+        broadcast_optimizer_state(self.optimizer, root, self.comm)
+
+    def seed_ranks(self) -> None:
+        """Give each rank its own stream of the global generator (dropout masks), derived from the current one."""
+        from backprop.engine.random import get_rng, manual_seed
+
+        draw = int(get_rng().integers(2**63))
+        manual_seed(int(np.random.SeedSequence([draw, self.rank]).generate_state(1)[0]))
+
+    def shard(self, xb: Any, yb: Any = None) -> tuple[Any, Any]:
+        """This rank's slice of the global batch; remembers the counts for :meth:`allreduce_gradients`."""
+        self.n_global = len(xb)
+        start, stop = shard_bounds(self.n_global, self.rank, self.size)
+        self.n_local = stop - start
+        return xb[start:stop], (None if yb is None else yb[start:stop])
+
+    def allreduce_gradients(self) -> None:
+        """The mean gradient of the global batch, on every rank (call after backward, before step).
+
+        A rank with an empty shard (a last batch smaller than the number of ranks) must still call it,
+        after ``opt.zero_grad()``: it contributes nothing.
+        """
+        if self.n_global % self.size == 0:
+            self.allreduce()  # equal shards: the mean of the means
+        else:
+            self.allreduce(self.n_local, self.n_global)
+
+    def reduce_sums(self, *values: float) -> tuple[float, ...]:
+        """Sums over the ranks of each value (epoch loss sums, weights, sample counts)."""
+        MPI = _mpi()
+        buf = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return tuple(float(v) for v in buf)
+
+    def reduce_metrics(self, metrics: Sequence[Any]) -> None:
+        reduce_metric_states(metrics, self.comm)
+
+    def abort(self, exc: BaseException | None = None, code: int = 1) -> None:
+        """Print the rank and the error, then end the whole job (no rank is left waiting in a collective)."""
+        if self.size == 1:
+            return
+        _abort(self.comm, self.rank, self.size, exc, code)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """``with trainer.guard():`` an exception inside aborts every rank (``comm.Abort``) after printing it."""
+        try:
+            yield
+        except BaseException as e:
+            self.abort(e)
+            raise
+
+
+def _abort(comm: Any, rank: int, size: int, exc: BaseException | None, code: int) -> None:
+    what = "" if exc is None else f": {type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):
+        if exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"backprop.distributed: rank {rank} of {size} failed{what}; aborting all ranks",
+              file=sys.stderr, flush=True)
+    # NOTE: MPI_Abort tears the job down at once; without a pause mpiexec may drop this output unforwarded
+    time.sleep(0.5)
+    comm.Abort(code)
+
+
+# ----------------------------------------------------------------------------------- reference loop
+def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", optimizer: Any = "sgd",
+                    lr: float = 0.1, batch_size: int = 32, epochs: int = 10, seed: int | None = None,
+                    shuffle: bool = True, metrics: Sequence[Any] = ("accuracy",), verbose: int = 0,
+                    comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Any:
+    """Data-parallel ``fit`` (a subset of its arguments): the REFERENCE IMPLEMENTATION of the Trainer hooks.
+
+    To be replaced by ``bp.fit(..., distributed=True)`` once wired. Same seeds and batches as ``bp.fit``:
+    the returned History (identical on every rank) and the weights match a single-process ``fit`` with the
+    same ``batch_size`` and ``seed``. ``history.sample_counts`` (this rank's uses of each training sample)
+    lets tests check that each sample is used once per epoch over the ranks.
+    """
+    from backprop import optim
+    from backprop.data.loader import DataLoader
+    from backprop.engine.random import manual_seed
+    from backprop.engine.tensor import Tensor
+    from backprop.training.fit import _check_labels, _check_xy, _resolve_metrics, get_loss
+    from backprop.training.history import History
+
+    ctx = init(comm)
+    x, y = _check_xy(x, y, "fit_distributed", True, model.dtype)
+    y = _check_labels(model, y, loss, "fit_distributed")
+    loss_fn = get_loss(loss)
+    metric_list = _resolve_metrics(metrics, y)
+    if seed is None:  # every rank must draw the same permutations
+        seed = ctx.comm.bcast(np.random.SeedSequence().entropy if ctx.is_root else None, root=0)
+    seeds = np.random.SeedSequence(seed).spawn(3)  # as fit: [loader, global generator, validation split]
+    manual_seed(int(seeds[1].generate_state(1)[0]))
+    if isinstance(optimizer, str) or (isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer)):
+        opt = optim.get(optimizer, model.parameters(), lr=lr)
+    else:
+        opt = optim.get(optimizer, model.parameters())
+    dist = Trainer(model, opt, batch_size, comm=ctx.comm, bucket_bytes=bucket_bytes)
+    dist.seed_ranks()
+    loader = DataLoader(np.arange(len(x)), batch_size=batch_size, shuffle=shuffle, seed=seeds[0])
+    history = History()
+    history.params = {"epochs": epochs, "batch_size": batch_size, "steps": len(loader), "samples": len(x),
+                      "ranks": dist.size}
+    history.sample_counts = np.zeros(len(x), dtype=np.int64)
+    with dist.guard():
+        dist.broadcast()
+        for epoch in range(epochs):
+            model.train()
+            total_loss, loss_weight, seen = 0.0, 0.0, 0
+            for m in metric_list:
+                m.reset()
+            for idx in loader:
+                idx, _ = dist.shard(idx)
+                history.sample_counts[idx] += 1
+                xb, yb = x[idx], y[idx]
+                opt.zero_grad()
+                n = len(idx)
+                if n:
+                    out = model(Tensor(xb))
+                    loss_t = loss_fn(out, yb)
+                    loss_value = float(loss_t.data)
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}")
+                    loss_t.backward()
+                dist.allreduce_gradients()
+                opt.step()
+                if n:
+                    total_loss += loss_value * n
+                    loss_weight += n
+                    seen += n
+                    for m in metric_list:
+                        m.update(out.data, yb)
+                history.iterations += 1
+            total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)
+            dist.reduce_metrics(metric_list)
+            logs = {"loss": total_loss / loss_weight if loss_weight else math.nan}
+            for m in metric_list:
+                logs[m.name] = m.result()
+            history.epochs += 1
+            history.samples_seen += int(seen)
+            history.record(epoch, logs)
+            if verbose and dist.is_root:
+                print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
+    model.eval()
+    return history

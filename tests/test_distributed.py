@@ -1,0 +1,179 @@
+"""Data-parallel training over MPI: ``mpiexec -n 2`` runs compared with single-process ``fit``."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop import distributed
+
+pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py mpich)")
+
+
+def _mpiexec() -> str | None:
+    here = Path(sysconfig.get_path("scripts")) / "mpiexec"  # the mpich wheel's launcher, beside python
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+pytestmark = [
+    pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)"),
+    pytest.mark.skipif(not distributed.is_available(), reason="mpi4py cannot load an MPI library"),
+]
+
+COMMON = """
+import os, signal, sys
+import numpy as np
+import backprop as bp
+from backprop.distributed import fit_distributed, init
+
+def data(kind, n, dtype):
+    rng = np.random.default_rng(1)
+    f = 20 if kind == "mlp" else 784
+    x = rng.normal(size=(n, f)).astype(dtype)
+    y = rng.integers(0, 10 if kind == "lenet" else 3, n)
+    return x, y
+
+def model(kind, dtype):
+    bp.manual_seed(0)
+    m = (bp.nn.Sequential(bp.nn.Linear(20, 32), bp.nn.Tanh(), bp.nn.Linear(32, 3)) if kind == "mlp"
+         else bp.nn.models.lenet5())
+    return m.double() if dtype == np.float64 else m
+"""
+
+TRAIN = COMMON + """
+kind, dtype, n, b, opt, out = sys.argv[1], np.dtype(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+ctx = init()
+x, y = data(kind, n, dtype)
+m = model(kind, dtype)
+if ctx.rank == 1:  # rank 1 starts from other weights: the broadcast must replace them
+    for p in m.parameters():
+        p.data[...] = 7.0
+h = fit_distributed(m, x, y, lr=0.01 if opt == "adam" else 0.1, optimizer=opt, batch_size=b, epochs=2, seed=5)
+counts = ctx.comm.gather(h.sample_counts, root=0)
+weights = ctx.comm.gather([p.data for p in m.parameters()], root=0)
+if ctx.rank == 0:
+    np.savez(out, counts=np.array(counts), loss=h.history["loss"], acc=h.history["accuracy"],
+             iterations=h.iterations, samples=h.samples_seen,
+             same=all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1])),
+             **{f"p{i}": p.data for i, p in enumerate(m.parameters())})
+"""
+
+FAIL = COMMON + """
+mode = sys.argv[1]
+ctx = init()
+print(f"rank {ctx.rank} pid {os.getpid()}", flush=True)
+ctx.comm.Barrier()
+calls = [0]
+def loss(out, y):
+    calls[0] += 1
+    if ctx.rank == 1 and calls[0] == 3:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError("injected failure")
+    return bp.nn.functional.cross_entropy(out, y)
+x, y = data("mlp", 4000, np.float32)
+fit_distributed(model("mlp", np.float32), x, y, loss=loss, batch_size=32, epochs=5, seed=3)
+print("finished", ctx.rank, flush=True)
+"""
+
+
+def _mpirun(tmp_path: Path, source: str, *args: str, n: int = 2, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(script), *args], check=False,
+                          capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("kind, dtype, n, b, opt, rtol", [
+    ("mlp", "float32", 250, 32, "sgd", 1e-5),     # last batch 26: 13 + 13
+    ("mlp", "float64", 249, 32, "adam", 1e-12),   # last batch 25: 13 + 12, weighted by the counts
+    ("lenet", "float32", 72, 16, "sgd", 1e-5),    # last batch 8
+])
+def test_two_ranks_match_single_process_fit(tmp_path, kind, dtype, n, b, opt, rtol):
+    out = tmp_path / "rank0.npz"
+    r = _mpirun(tmp_path, TRAIN, kind, dtype, str(n), str(b), opt, str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = np.load(out)
+    ns: dict = {}
+    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
+    x, y = ns["data"](kind, n, np.dtype(dtype))
+    ref = ns["model"](kind, np.dtype(dtype))
+    h = bp.fit(ref, x, y, lr=0.01 if opt == "adam" else 0.1, optimizer=opt, batch_size=b, epochs=2, seed=5,
+               verbose=0)
+    assert bool(got["same"]), "the ranks ended with different weights"
+    for i, p in enumerate(ref.parameters()):
+        err = np.max(np.abs(got[f"p{i}"] - p.data)) / np.max(np.abs(p.data))
+        assert err <= rtol, f"parameter {i}: relative error {err:.3g} > {rtol}"
+    np.testing.assert_allclose(got["loss"], h.history["loss"], rtol=10 * rtol)
+    np.testing.assert_allclose(got["acc"], h.history["accuracy"], atol=1.5 / n)  # at most one flip
+    assert int(got["iterations"]) == h.iterations and int(got["samples"]) == h.samples_seen == 2 * n
+    counts = got["counts"]  # (ranks, n): uses of each sample on each rank over 2 epochs
+    assert counts.shape == (2, n)
+    np.testing.assert_array_equal(counts.sum(axis=0), 2)  # each sample once per epoch over the ranks
+    assert abs(int(counts[0].sum()) - int(counts[1].sum())) <= 2  # balanced shards
+
+
+def test_exception_on_one_rank_aborts_the_job(tmp_path):
+    start = time.monotonic()
+    r = _mpirun(tmp_path, FAIL, "raise", timeout=30)
+    assert time.monotonic() - start < 30
+    assert r.returncode != 0
+    assert "rank 1 of 2 failed: RuntimeError: injected failure" in r.stderr
+    assert "finished" not in r.stdout
+
+
+def test_killed_rank_ends_the_job(tmp_path):
+    start = time.monotonic()
+    r = _mpirun(tmp_path, FAIL, "kill", timeout=30)  # subprocess raises TimeoutExpired if the job hangs
+    assert time.monotonic() - start < 30
+    assert r.returncode != 0
+    pids = dict(re.findall(r"rank (\d+) pid (\d+)", r.stdout))
+    text = r.stdout + r.stderr
+    # mpich (hydra) names the dead process by PID and signal, not by rank: map the PID back to rank 1
+    assert re.search(rf"PID {pids['1']}\b", text), text
+    assert "signal 9" in text or "EXIT CODE: 9" in text, text
+    assert "finished" not in r.stdout
+
+
+def test_shard_batch_and_bounds():
+    x, y = np.arange(10), np.arange(10) * 2
+    assert [distributed.shard_bounds(7, r, 3) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+    xs, ys = distributed.shard_batch(x, y, 1, 2)
+    assert xs.tolist() == [5, 6, 7, 8, 9] and ys.tolist() == [10, 12, 14, 16, 18]
+    xs, _ = distributed.shard_batch(x[:7], None, 1, 2, batch_size=10)  # a last, partial batch
+    assert xs.tolist() == [4, 5, 6]
+    with pytest.raises(ValueError, match=r"B=10 .* number of ranks \(3\)"):
+        distributed.shard_batch(x, y, 0, 3)
+
+
+def test_single_process_helpers():
+    ctx = distributed.init()
+    assert (ctx.rank, ctx.size, ctx.is_root) == (0, 1, True) and distributed.is_root()
+    bp.manual_seed(0)
+    m = bp.nn.Sequential(bp.nn.Linear(3, 4), bp.nn.BatchNorm1d(4), bp.nn.Linear(4, 2))
+    opt = bp.optim.SGD(m.parameters(), lr=0.1)
+    before = m.state_dict()
+    distributed.broadcast_parameters(m)
+    distributed.broadcast_optimizer_state(opt)
+    assert all(np.array_equal(before[k], v) for k, v in m.state_dict().items())
+    red = distributed.GradientAllreduce(m.parameters(), bucket_bytes=32)
+    assert len(red.buckets) >= 3 and red.nbytes == 4 * m.num_parameters()
+    for p in m.parameters():
+        p.grad = np.ones_like(p.data)
+    red(n_local=5, n_global=5)
+    assert all(np.array_equal(p.grad, np.ones_like(p.data)) for p in m.parameters())
+    assert distributed.allreduce_metrics({"loss": 2.0}, weight=3) == {"loss": 2.0}
