@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import io
 import math
+import operator
 import os
 import signal
 import string
@@ -156,6 +157,9 @@ def _inputs(shapes, domains, seed: int) -> list[np.ndarray]:
     return out
 
 
+BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
+
+
 def _run(ops: list[Op], xs: list[Any], lib: str, pre_relu: list | None = None):
     """Apply the program to xs with backprop (lib="bp") or PyTorch (lib="torch")."""
     h = xs[0]
@@ -163,8 +167,8 @@ def _run(ops: list[Op], xs: list[Any], lib: str, pre_relu: list | None = None):
         p, b = op.params, (xs[op.extra] if op.extra is not None else None)
         n = op.name
         if n in ("add", "sub", "mul", "div"):
-            l, r = (b, h) if p.get("swap") else (h, b)
-            h = {"add": lambda: l + r, "sub": lambda: l - r, "mul": lambda: l * r, "div": lambda: l / r}[n]()
+            left, right = (b, h) if p.get("swap") else (h, b)
+            h = BINARY[n](left, right)
         elif n == "matmul":
             h = b @ h if p["left"] else h @ b
         elif n in ("exp", "tanh", "sigmoid"):

@@ -92,7 +92,7 @@ def _fork_writer(write, base: int) -> tuple[int, int]:
                 version += 1
                 os.write(w, f"{version}\n".encode())
                 write(version)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports any error and exits; pytest must not see it
             traceback.print_exc()
             os._exit(1)
         finally:

@@ -17,7 +17,7 @@ import pytest
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-from backprop.engine import threads  # noqa: E402
+from backprop.engine import threads
 
 BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS",
              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BACKPROP_NUM_THREADS")

@@ -76,11 +76,10 @@ def _hidden(text: str) -> list[int]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (plus the usage) with exit code 2."""
+    """argparse that reports an error in one line, with a pointer to --help, and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,9 +484,16 @@ def _read_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
     """Numeric rows of a CSV (an optional header row is skipped); errors name the line and column."""
     if not os.path.exists(path):
         raise CLIError(f"{path} does not exist")
+    try:
+        return _parse_feature_csv(path, label_column)
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path} is not a UTF-8 text CSV file (byte {e.start}: {e.reason})") from None
+
+
+def _parse_feature_csv(path: str, label_column: int | str | None) -> np.ndarray:
     rows: list[list[float]] = []
     header: list[str] | None = None
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
                 continue

@@ -59,6 +59,7 @@ __all__ = [
     "reduce_metric_states",
     "shard_batch",
     "shard_bounds",
+    "shared_seed",
 ]
 
 DEFAULT_BUCKET_BYTES = 4 << 20  # 4 MiB: one Allreduce per 1M float32 gradients
@@ -105,6 +106,12 @@ def init(comm: Any = None) -> Context:
 
 def _comm(comm: Any) -> Any:
     return init(comm).comm
+
+
+def shared_seed(comm: Any = None) -> int:
+    """Fresh entropy drawn on rank 0 and sent to every rank (for ``seed=None``: all ranks need the same seed)."""
+    comm = _comm(comm)
+    return comm.bcast(np.random.SeedSequence().entropy if comm.Get_rank() == 0 else None, root=0)
 
 
 def is_root(comm: Any = None) -> bool:
@@ -363,6 +370,12 @@ class Trainer:
         else:
             self.allreduce(self.n_local, self.n_global)
 
+    def empty_step(self) -> None:
+        """The step of a rank whose shard is empty: no forward pass, a zero contribution to the Allreduce."""
+        self.optimizer.zero_grad()
+        self.allreduce_gradients()
+        self.optimizer.step()
+
     def reduce_sums(self, *values: float) -> tuple[float, ...]:
         """Sums over the ranks of each value (epoch loss sums, weights, sample counts)."""
         MPI = _mpi()
@@ -426,7 +439,7 @@ def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", 
     loss_fn = get_loss(loss)
     metric_list = _resolve_metrics(metrics, y)
     if seed is None:  # every rank must draw the same permutations
-        seed = ctx.comm.bcast(np.random.SeedSequence().entropy if ctx.is_root else None, root=0)
+        seed = shared_seed(ctx.comm)
     seeds = np.random.SeedSequence(seed).spawn(3)  # as fit: [loader, global generator, validation split]
     manual_seed(int(seeds[1].generate_state(1)[0]))
     if isinstance(optimizer, str) or (isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer)):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import warnings
 
-import numpy as np  # noqa: F401 - NumPy's BLAS must be loaded for threadpoolctl to find it
+import numpy as np  # NOTE: first: NumPy loads the BLAS that threadpoolctl looks for
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 __all__ = ["ENV_VAR", "get_num_threads", "limit_from_env", "set_num_threads", "threadpool_limits"]

@@ -145,13 +145,14 @@ def _check_features(model: Module, x: np.ndarray, name: str) -> None:
             return
 
 
-def _positive(name: str, value: Any, kind: type = int, allow_zero: bool = False) -> None:
+def _positive(name: str, value: Any, kind: type = int, allow_zero: bool = False, where: str = "fit") -> None:
     ok = isinstance(value, (int, np.integer) if kind is int else (int, float, np.number)) and not isinstance(value, bool)
     if ok and kind is float:
         ok = math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         need = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"fit: {name} must be {need} {'integer' if kind is int else 'finite number'}, got {value!r}")
+        raise ValueError(f"{where}: {name} must be {need} {'integer' if kind is int else 'finite number'}, "
+                         f"got {value!r}")
 
 
 def _split_validation(x, y, fraction, rng) -> tuple[np.ndarray, ...]:
@@ -287,6 +288,7 @@ def fit(
     sample_weight: Any = None,
     resume_from: Any = None,
     checkpoint: Any = None,
+    distributed: Any = False,
 ) -> History:
     """Train ``model`` on (x, y) by mini-batch backpropagation; return the History of every epoch.
 
@@ -360,6 +362,11 @@ def fit(
 
         resume = resume_from if isinstance(resume_from, Checkpoint) else load_checkpoint(resume_from)
         seed = _check_resume(resume, seed, epochs, batch_size, shuffle, validation_split, len(x))
+    if distributed and weighted:
+        raise ValueError("fit: distributed=True does not support class_weight or sample_weight yet")
+    if distributed and seed is None and resume is None:  # every rank must draw the same permutations
+        from backprop.distributed import shared_seed
+        seed = shared_seed(None if distributed is True else distributed)
     # NOTE: seed=None draws fresh entropy here, recorded in checkpoints so that a resume recomputes the split
     root = np.random.SeedSequence(int(resume.extra["fit"]["seed_entropy"]) if resume is not None
                                   and "fit" in resume.extra else seed)
@@ -417,9 +424,15 @@ def fit(
         if set_optimizer is not None:
             set_optimizer(opt)
     params = list(model.parameters())
+    dist = None
+    if distributed:  # True (MPI.COMM_WORLD) or a communicator; see backprop.distributed.Trainer
+        from backprop.distributed import Trainer
+        dist = Trainer(model, opt, batch_size, comm=None if distributed is True else distributed)
+        dist.seed_ranks()
+        dist.broadcast()
     batch_hooks = [cb for cb in callbacks if _overrides(cb, "on_train_batch_begin") or _overrides(cb, "on_train_batch_end")]
     clipping = clip_norm is not None or clip_value is not None
-    progress = _Progress(0 if has_bar else verbose, epochs, n_batches)
+    progress = _Progress(0 if has_bar or (dist is not None and not dist.is_root) else verbose, epochs, n_batches)
     logs: dict[str, float] = {}
     begun: list[Callback] = []
 
@@ -441,6 +454,13 @@ def fit(
                 for m in metric_list:
                     m.reset()
                 for batch, (xb, yb) in enumerate(loader):
+                    if dist is not None:
+                        xb, yb = dist.shard(xb, yb)
+                        if len(xb) == 0:  # a last batch smaller than the number of ranks
+                            dist.empty_step()
+                            history.iterations += 1
+                            history.samples_seen += dist.n_global
+                            continue
                     if weighted:
                         wb, yb = weights[yb], y[yb]
                     for cb in batch_hooks:
@@ -464,6 +484,8 @@ def fit(
                         history.terminated_on_nan, nan_loss = True, loss_value
                         break
                     loss_t.backward()
+                    if dist is not None:
+                        dist.allreduce_gradients()
                     if clipping:
                         if clip_value is not None:
                             clip_grad_value_(params, clip_value)
@@ -476,12 +498,15 @@ def fit(
                     for m in metric_list:
                         m.update(out.data, yb)
                     history.iterations += 1
-                    history.samples_seen += n
+                    history.samples_seen += n if dist is None else dist.n_global
                     progress.step(n, loss_value)
                     for cb in batch_hooks:
                         cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
                     if model.stop_training:
                         break
+                if dist is not None:
+                    total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)
+                    dist.reduce_metrics(metric_list)
                 if nan_loss is not None:
                     logs = {"loss": nan_loss}
                 else:
@@ -499,7 +524,7 @@ def fit(
                     cb.on_epoch_end(epoch, logs)
                 history.record(epoch, logs)
                 progress.end_epoch(logs)
-                if saver is not None:
+                if saver is not None and (dist is None or dist.is_root):
                     _write_checkpoint(saver, model, opt, schedule, epoch, logs, history, loader, fit_record)
                 if model.stop_training:
                     history.stopped_early = True
@@ -509,6 +534,10 @@ def fit(
             progress.close()
             if verbose:
                 print("training interrupted: returning the history so far", file=sys.stderr)
+        except Exception as e:
+            if dist is not None:  # a failing rank must not leave the others waiting in an Allreduce
+                dist.abort(e)
+            raise
     finally:  # whatever ended training (epochs, a callback, Ctrl-C, divergence, an error)
         progress.close()
         model.eval()
@@ -654,7 +683,7 @@ def _resolve_metrics(metrics: Sequence[str | Callable], y: np.ndarray | None) ->
 # ------------------------------------------------------------------------------------ evaluate, predict
 def predict(model: Module, x: Any, batch_size: int = 1024) -> np.ndarray:
     """The model's outputs for x (eval mode, no graph), computed in batches."""
-    _positive("batch_size", batch_size)
+    _positive("batch_size", batch_size, where="predict")
     x, _ = _check_xy(x, None, "predict", False, model.dtype)
     _check_features(model, x, "predict")
     was_training = model.training
@@ -671,6 +700,7 @@ def evaluate(model: Module, x: Any, y: Any, *, loss: str | Callable[..., Tensor]
              metrics: Sequence[str | Callable] = ("accuracy",), batch_size: int = 1024,
              check_finite: bool = True) -> dict[str, float]:
     """Mean loss and metrics over (x, y): ``{"loss": ..., "accuracy": ...}``."""
+    _positive("batch_size", batch_size, where="evaluate")
     x, y = _check_xy(x, y, "evaluate", check_finite, model.dtype)
     y = _check_labels(model, y, loss, "evaluate")
     out = predict(model, x, batch_size)
