@@ -25,9 +25,9 @@ from backprop.training import (
 __version__ = "0.1.0"
 __all__ = [  # noqa: RUF022 - the engine's names first, then the rest
     "DEFAULT_DTYPE", "Function", "REGISTRY", "Tensor", "abs", "add", "argmax", "argmin", "as_tensor", "clip",
-    "concatenate", "div", "enable_grad", "exp", "gelu", "gradcheck", "is_grad_enabled", "leaky_relu", "log",
+    "concatenate", "div", "enable_grad", "exp", "gelu", "get_num_threads", "gradcheck", "is_grad_enabled", "leaky_relu", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mul", "neg", "no_grad",
-    "ops", "pow", "register", "relu", "reshape", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
+    "ops", "pow", "register", "relu", "reshape", "set_num_threads", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
     "tensor", "transpose", "unbroadcast", "where",
     "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
     "data", "datasets", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "onnx", "optim", "predict",

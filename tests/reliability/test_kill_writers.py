@@ -158,8 +158,8 @@ def test_writer_killed_at_random_moments(kind, n, tmp_path, record_property) -> 
     record_property("kill_stats", stats)
     print(f"{kind}: {stats}")
     assert stats["survived"] == n
-    # the kills did land at different points: sometimes before the first write, mostly after some
-    assert stats["survived"] - stats["missing"] > n // 2, stats
+    # some kills came after a complete write (timing decides how many: no more is asserted)
+    assert stats["survived"] - stats["missing"] - stats["unchanged"] >= 1, stats
     assert time.perf_counter() - t0 < 15
 
 

@@ -81,8 +81,6 @@ def test_env_var_limits_the_blas_at_import_of_the_threads_module() -> None:
 
 
 @MULTI_CORE
-@pytest.mark.xfail(strict=True, reason="backprop does not import backprop.engine.threads yet: needs the one line "
-                   "'from backprop.engine import threads' in src/backprop/engine/__init__.py")
 def test_env_var_limits_the_blas_at_import_of_backprop() -> None:
     assert _counts(_python("import backprop" + REPORT, BACKPROP_NUM_THREADS="1")) == [1]
 

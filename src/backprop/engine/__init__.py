@@ -50,6 +50,7 @@ from backprop.engine.tensor import (
     tensor,
     unbroadcast,
 )
+from backprop.engine.threads import get_num_threads, set_num_threads
 
 __all__ = [
     "DEFAULT_DTYPE",
@@ -67,6 +68,7 @@ __all__ = [
     "enable_grad",
     "exp",
     "gelu",
+    "get_num_threads",
     "gradcheck",
     "is_grad_enabled",
     "leaky_relu",
@@ -87,6 +89,7 @@ __all__ = [
     "register",
     "relu",
     "reshape",
+    "set_num_threads",
     "sigmoid",
     "softmax",
     "sqrt",

@@ -89,42 +89,66 @@ def get_loss(loss: str | Callable[..., Tensor]) -> LossFn:
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _check_xy(x: Any, y: Any, name: str, check_finite: bool, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: x must be numeric, got an array of dtype {x.dtype}")
+def _check_xy(x: Any, y: Any, name: str, check_finite: bool, dtype: np.dtype,
+              need_y: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    x = _as_numeric(x, "x", name)
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"{name}: x is empty (shape {x.shape}); need at least one sample")
     x = np.ascontiguousarray(x, dtype=dtype)
     if check_finite and not np.isfinite(x).all():
         raise ValueError(f"{name}: x contains NaN or infinity (pass check_finite=False to skip this check)")
     if y is None:
+        if need_y:
+            raise TypeError(f"{name}: y is None; pass the targets (class labels or values), one per sample of x")
         return x, None
-    y = np.asarray(y)
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: y must be numeric, got an array of dtype {y.dtype}")
-    if len(y) != len(x):
-        raise ValueError(f"{name}: x and y have different lengths: x has {len(x)} samples, y has {len(y)}")
+    y = _as_numeric(y, "y", name)
+    if y.ndim == 0 or len(y) != len(x):
+        raise ValueError(f"{name}: x and y have different lengths: x has {len(x)} samples, "
+                         f"y has {len(y) if y.ndim else 'none (a scalar)'}")
     if check_finite and y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError(f"{name}: y contains NaN or infinity")
     return x, y
 
 
+def _as_numeric(a: Any, what: str, name: str) -> np.ndarray:
+    """``a`` as a numeric array; a clear error for ragged lists, objects, strings and complex numbers."""
+    try:
+        a = np.asarray(a)
+    except ValueError as e:  # NumPy refuses ragged nested lists
+        raise ValueError(f"{name}: {what} is ragged (rows of different lengths): {e}") from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: {what} must be numeric, got an array of dtype {a.dtype}")
+    return a
+
+
+def _n_outputs(model: Module) -> int | None:
+    """The width of the model's last Linear layer (its number of outputs), if it has one."""
+    last = [m for m in model.modules() if isinstance(m, Linear)]
+    return last[-1].out_features if last else None
+
+
 def _check_labels(model: Module, y: np.ndarray, loss: Any, name: str) -> np.ndarray:
-    """Class labels for cross-entropy must be integers in [0, n_outputs)."""
-    if loss not in ("cross_entropy", "nll") or y.ndim != 1:
+    """Class labels must be integers in [0, n_outputs); one-hot or probability rows need n_outputs columns."""
+    if not isinstance(loss, str):
+        return y
+    n_out = _n_outputs(model)
+    if y.ndim == 2 and n_out is not None and y.shape[1] != n_out and not (loss in _DENSE_LOSSES and n_out == 1):
+        raise ValueError(f"{name}: y has shape {y.shape}: target rows need {n_out} columns, one per model "
+                         f"output (or pass class labels of shape ({len(y)},))")
+    classes = loss in ("cross_entropy", "nll") or (loss in _DENSE_LOSSES and y.dtype.kind in "iub")
+    if not classes or y.ndim != 1:
         return y
     if y.dtype.kind == "f":
         if not np.all(y == np.round(y)):
-            raise ValueError(f"{name}: class labels must be integers, got non-integer values such as {y[y != np.round(y)][0]}")
+            raise ValueError(f"{name}: y must hold integer class labels, got non-integer values such as "
+                             f"{y[y != np.round(y)][0]}")
         y = y.astype(np.int64)
     y = y.astype(np.int64, copy=False)
-    last = [m for m in model.modules() if isinstance(m, Linear)]
-    n_out = last[-1].out_features if last else None
-    if y.min() < 0 or (n_out is not None and y.max() >= n_out):
+    high = n_out if n_out is None or n_out > 1 else 2  # one output: binary labels 0/1
+    if y.min() < 0 or (high is not None and y.max() >= high):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
         raise ValueError(
-            f"{name}: class label {bad} is outside [0, {n_out - 1 if n_out else '...'}]"
+            f"{name}: y holds class label {bad}, outside [0, {high - 1 if high else '...'}]"
             + (f": the model has {n_out} outputs" if n_out else "")
         )
     return y
@@ -135,6 +159,10 @@ def _check_features(model: Module, x: np.ndarray, name: str) -> None:
     for mod_name, m in model.named_modules():
         if not any(True for _ in m.children()) and any(True for _ in m.parameters()) and not isinstance(m, Linear):
             return  # the first weighted layer is something else (a convolution...): it checks its own input
+        if isinstance(m, Linear) and x.ndim == 1:
+            raise ValueError(f"{name}: x has shape {x.shape}, one number per sample, but the model's first layer "
+                             f"'{mod_name or type(m).__name__}' (Linear) expects {m.in_features} features: pass "
+                             f"x of shape (samples, {m.in_features})")
         if isinstance(m, Linear):
             n_features = int(np.prod(x.shape[1:]))
             if x.ndim == 2 and x.shape[1] != m.in_features or x.ndim > 2 and n_features != m.in_features:
@@ -384,7 +412,11 @@ def fit(
         if sample_weight is not None:
             sample_weight = sample_weight[train_idx]
     if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError(f"fit: validation_data must be a pair (x, y), got {type(validation_data).__name__}"
+                            + (f" of length {len(validation_data)}" if hasattr(validation_data, "__len__") else ""))
         xv, yv = _check_xy(validation_data[0], validation_data[1], "fit (validation_data)", check_finite, model.dtype)
+        _check_features(model, xv, "fit (validation_data)")
         yv = _check_labels(model, yv, loss, "fit (validation_data)")
     weights = _sample_weights(y, class_weight, sample_weight) if weighted else None
 
@@ -681,11 +713,12 @@ def _resolve_metrics(metrics: Sequence[str | Callable], y: np.ndarray | None) ->
 
 
 # ------------------------------------------------------------------------------------ evaluate, predict
-def predict(model: Module, x: Any, batch_size: int = 1024) -> np.ndarray:
+def predict(model: Module, x: Any, batch_size: int = 1024, check_finite: bool = True,
+            _name: str = "predict") -> np.ndarray:
     """The model's outputs for x (eval mode, no graph), computed in batches."""
-    _positive("batch_size", batch_size, where="predict")
-    x, _ = _check_xy(x, None, "predict", False, model.dtype)
-    _check_features(model, x, "predict")
+    _positive("batch_size", batch_size, where=_name)
+    x, _ = _check_xy(x, None, _name, check_finite, model.dtype, need_y=False)
+    _check_features(model, x, _name)
     was_training = model.training
     model.eval()
     try:
@@ -703,7 +736,7 @@ def evaluate(model: Module, x: Any, y: Any, *, loss: str | Callable[..., Tensor]
     _positive("batch_size", batch_size, where="evaluate")
     x, y = _check_xy(x, y, "evaluate", check_finite, model.dtype)
     y = _check_labels(model, y, loss, "evaluate")
-    out = predict(model, x, batch_size)
+    out = predict(model, x, batch_size, check_finite=False, _name="evaluate")
     loss_fn = get_loss(loss)
     with no_grad():
         total = sum(float(loss_fn(Tensor(out[i:i + batch_size]), y[i:i + batch_size]).data) * len(y[i:i + batch_size])
