@@ -11,13 +11,15 @@ Bad options and bad data print one line on stderr and exit with code 2 (``--debu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import io
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,10 @@ import numpy as np
 
 from backprop.cli import export, trace
 from backprop.data.datasets import _is_number
+from backprop.training.callbacks import Callback
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
@@ -239,7 +243,6 @@ def _out_dir(out: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     import backprop as bp
     from backprop.training import callbacks as cb
-    from backprop.training.callbacks import Callback
 
     resume = _resume_args(args) if args.resume else None
     if args.epochs is None:
@@ -298,13 +301,23 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{remaining} epoch{'' if remaining == 1 else 's'} remain{'s' if remaining == 1 else ''}")
         if args.early_stopping:
             print("backprop: note: early stopping starts its patience count over (it is not in the checkpoint)")
+    stop = _StopOnSignal()
+    callbacks.append(stop)
     t0 = time.perf_counter()
-    history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
-                     epochs=args.epochs, validation_split=validation_split, seed=args.seed, callbacks=callbacks,
-                     scheduler=scheduler, scheduler_interval=interval, clip_norm=args.clip_norm,
-                     verbose=0 if args.quiet else 1, checkpoint=checkpoint, resume_from=resume)
+    diverged: Exception | None = None
+    with stop.installed():
+        try:
+            history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
+                             epochs=args.epochs, validation_split=validation_split, seed=args.seed,
+                             callbacks=callbacks, scheduler=scheduler, scheduler_interval=interval,
+                             clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
+                             resume_from=resume)
+        except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
+            diverged, history = e, e.history
     seconds = time.perf_counter() - t0
-    final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss) if len(ds.x_test) else {}
+    final = {}
+    if len(ds.x_test) and diverged is None:
+        final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
 
     from backprop import io as bio
 
@@ -326,7 +339,46 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f} "
                   f"({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
         print(f"wrote {model_path}, {metrics_path} and {plot_path}")
+    if diverged is not None:
+        print(f"backprop: error: training diverged: {diverged}; the last finite weights are in {model_path}",
+              file=sys.stderr)
+        return EXIT_DIVERGED
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        done = f"{history.epochs} complete epochs" if history.epochs != 1 else "1 complete epoch"
+        print(f"backprop: {name}: stopped after iteration {history.iterations}; the checkpoint in {out_dir} holds "
+              f"{done}. Continue with: backprop train --resume {out_dir}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
+
+
+class _StopOnSignal(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, then stop.
+
+    fit then returns History with ``interrupted=True``; the checkpoint of the last complete epoch stays the
+    one to resume from, which gives the same result as a run that was never interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signum = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
 
 
 _RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir")  # what --resume lets the command line change
