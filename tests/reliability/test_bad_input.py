@@ -436,3 +436,26 @@ def test_case_counts() -> None:
     """The number of bad inputs tried, for the report (kept here so that it stays true)."""
     total = len(API_CASES) + len(TENSOR_CASES) + len(CLI_CASES) + len(BAD_OPTIONS)
     assert total >= 100, total
+
+
+def test_nonfinite_gradient_stops_before_the_update_and_names_the_parameter():
+    from backprop.engine.tensor import Function
+
+    class NaNGrad(Function):  # an op whose backward produces NaN (defined here, not registered)
+        def forward(self, x):
+            return x.copy()
+
+        def backward(self, g):
+            return g * np.nan
+
+    class Poison(bp.nn.Module):
+        def forward(self, x):
+            return NaNGrad.apply(x)
+
+    bp.manual_seed(0)
+    model = bp.nn.Sequential(bp.nn.Linear(3, 4), Poison(), bp.nn.Linear(4, 2))
+    before = [p.data.copy() for p in model.parameters()]
+    x = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    with pytest.raises(bp.TrainingDiverged, match=r"gradient of parameter '0\.weight'.*step 1"):
+        bp.fit(model, x, np.arange(20) % 2, epochs=1, verbose=0)
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))

@@ -330,6 +330,9 @@ def fit(
     initial model (``bp.manual_seed`` before building it) a run is reproducible to the bit.
     ``verbose``: 0 silent, 1 a progress bar per epoch in a terminal (one line per epoch otherwise),
     2 one line per epoch. Ctrl-C stops after the current step and returns History with ``interrupted``.
+    ``check_finite`` (default True): x and y must be finite, and a NaN or infinite loss or gradient stops
+    training at that step with :class:`TrainingDiverged` (naming the step and the parameter) before the
+    update, so the model keeps the last finite weights.
 
     ``callbacks``: :mod:`backprop.training.callbacks` (EarlyStopping, ModelCheckpoint, CSVLogger,
     LearningRateScheduler, TerminateOnNaN, ProgressBar, TensorBoard...). Their ``on_train_end`` runs however
@@ -456,6 +459,7 @@ def fit(
         if set_optimizer is not None:
             set_optimizer(opt)
     params = list(model.parameters())
+    named_params = list(model.named_parameters())
     dist = None
     if distributed:  # True (MPI.COMM_WORLD) or a communicator; see backprop.distributed.Trainer
         from backprop.distributed import Trainer
@@ -518,6 +522,16 @@ def fit(
                     loss_t.backward()
                     if dist is not None:
                         dist.allreduce_gradients()
+                    if check_finite:
+                        bad_grad = _nonfinite_gradient(named_params)
+                        if bad_grad is not None:  # stop before the update: the weights stay the last finite ones
+                            err = TrainingDiverged(
+                                f"the gradient of parameter '{bad_grad}' became NaN or infinite at epoch "
+                                f"{epoch + 1}, iteration {batch + 1} (step {history.iterations + 1}), with a finite "
+                                f"loss of {loss_value:.6g}; the model keeps the weights of the last finite step. "
+                                "Try a lower learning rate (or gradient clipping: clip_norm=...).")
+                            err.history = history
+                            raise err
                     if clipping:
                         if clip_value is not None:
                             clip_grad_value_(params, clip_value)
@@ -681,6 +695,19 @@ def _restore_if_overflowed(model: Module, snapshot: list[np.ndarray]) -> str | N
     for p, saved in zip(model.parameters(), snapshot):
         p.data[...] = saved
     return bad[0]
+
+
+def _nonfinite_gradient(named_params: list[tuple[str, Any]]) -> str | None:
+    """The name of the first parameter whose gradient holds NaN or infinity, else None.
+
+    NOTE: one sum per gradient (a single pass, no temporary): NaN or inf anywhere makes the sum non-finite;
+    a sum that overflows from finite values is told apart by the exact (and rarer) isfinite check.
+    """
+    for name, p in named_params:
+        g = p.grad
+        if g is not None and not math.isfinite(float(g.sum())) and not np.isfinite(g).all():
+            return name
+    return None
 
 
 def _diverged(loss_value: float, epoch: int, batch: int, steps: int, bad: str | None) -> TrainingDiverged:
