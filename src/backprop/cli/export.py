@@ -17,12 +17,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _opset(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+from backprop.cli.options import any_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="a model file written by 'backprop train'")
     p.add_argument("--onnx", required=True, metavar="OUT", help="the ONNX file to write, e.g. model.onnx")
-    p.add_argument("--opset", type=_opset, default=17, help="ONNX operator set version (default: 17)")
+    p.add_argument("--opset", type=any_int, default=17, help="ONNX operator set version (default: 17)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 

@@ -26,6 +26,14 @@ from typing import Any
 import numpy as np
 
 from backprop.cli import export, trace
+from backprop.cli.options import (
+    fraction,
+    layer_sizes,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from backprop.data.datasets import _is_number
 from backprop.training.callbacks import Callback
 
@@ -45,40 +53,6 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- parsing
-def _number(kind: type, ok: Any, expected: str) -> Any:
-    """An argparse type: parse ``text`` as ``kind`` and accept it if ``ok(value)``, else say what was expected."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _number(float, lambda v: np.isfinite(v) and v > 0, "a positive finite number")
-_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
-_non_negative_float = _number(float, lambda v: np.isfinite(v) and v >= 0, "a non-negative number")
-
-
-def _hidden(text: str) -> list[int]:
-    if text.strip() in ("", "none", "0"):
-        return []
-    try:
-        sizes = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 128,64, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
-    return sizes
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports an error in one line, with a pointer to --help, and exit code 2."""
 
@@ -101,37 +75,37 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network and save the model, metrics and plot",
                        description="Train a network by mini-batch backpropagation.")
     data_options(t)
-    t.add_argument("--hidden", type=_hidden, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    t.add_argument("--hidden", type=layer_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
     t.add_argument("--loss", choices=CLI_LOSSES, default="cross_entropy",
                    help="cross_entropy (softmax output), nll, mse or quadratic (sigmoid outputs, Nielsen's cost)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd")
-    t.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default: 0.05)")
-    t.add_argument("--momentum", type=_fraction, default=0.9, help="SGD/RMSprop momentum (default: 0.9)")
-    t.add_argument("--batch-size", type=_positive_int, default=16, help="mini-batch size (default: 16)")
-    t.add_argument("--epochs", type=_non_negative_int, default=None,
+    t.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
+    t.add_argument("--momentum", type=fraction, default=0.9, help="SGD/RMSprop momentum (default: 0.9)")
+    t.add_argument("--batch-size", type=positive_int, default=16, help="mini-batch size (default: 16)")
+    t.add_argument("--epochs", type=non_negative_int, default=None,
                    help=f"passes over the data, in all (default: {DEFAULT_EPOCHS}; with --resume: the run's own, "
                         "or more to extend it)")
-    t.add_argument("--validation-split", type=_fraction, default=0.0,
+    t.add_argument("--validation-split", type=fraction, default=0.0,
                    help="hold out this fraction of the training set for validation (default: 0)")
     t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
                    help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm); the last two need 28x28 images")
-    t.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
-    t.add_argument("--dropout", type=_fraction, default=None,
+    t.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
+    t.add_argument("--dropout", type=fraction, default=None,
                    help="dropout probability after hidden layers (default: 0 for mlp/lenet5, 0.25 for cnn)")
-    t.add_argument("--label-smoothing", type=_fraction, default=0.0, help="cross-entropy label smoothing (default: 0)")
-    t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the global gradient norm to this")
+    t.add_argument("--label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (default: 0)")
+    t.add_argument("--clip-norm", type=positive_float, default=None, help="clip the global gradient norm to this")
     t.add_argument("--scheduler", choices=SCHEDULERS, default="none",
                    help="learning-rate schedule: step (x0.1 at 1/3 and 2/3 of the epochs), cosine, exponential "
                         "(x0.95 per epoch), onecycle (per iteration, peak --lr), plateau (x0.1 after 3 flat epochs)")
-    t.add_argument("--warmup", type=_non_negative_int, default=0,
+    t.add_argument("--warmup", type=non_negative_int, default=0,
                    help="epochs of linear learning-rate warm-up before the schedule (default: 0)")
-    t.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+    t.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop when the validation loss has not improved for PATIENCE epochs and restore the best "
                         "weights (uses --validation-split, 0.1 if not given)")
     t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="write TensorBoard event files (default DIR: <out>/tensorboard)")
-    t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed for everything (default: 0)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for everything (default: 0)")
     t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
     t.add_argument("--resume", metavar="RUN_DIR",

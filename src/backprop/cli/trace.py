@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.cli.options import int_in, layer_sizes, positive_float
+
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 LOSSES = ("quadratic", "cross_entropy")
 MAZUR_X = (0.05, 0.10)  # the inputs and targets of Matt Mazur's "A Step by Step Backpropagation Example"
@@ -40,41 +42,6 @@ SHOW_MAX = 10  # matrices with more rows or columns than this are shown with "..
 
 
 # --------------------------------------------------------------------------------------------- parsing
-def _int_in(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _layer_sizes(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none", "0"):
-        return []
-    try:
-        sizes = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 3 or 4,3, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
-    return sizes
-
-
 def _samples(text: str) -> np.ndarray:
     """'0.05,0.10' (one sample) or '0.05,0.10;0.2,0.3' (one sample per ';'), as an (n, features) array."""
     try:
@@ -104,24 +71,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "for cross-entropy (as in 'backprop train'). Without --x/--y a 2-input, 2-output, one-sample run uses "
         "Matt Mazur's example x = (0.05, 0.10), y = (0.01, 0.99); other shapes draw the sample with --seed.",
     )
-    p.add_argument("--hidden", type=_layer_sizes, default=[3],
+    p.add_argument("--hidden", type=layer_sizes, default=[3],
                    help="hidden layer sizes, comma-separated, 0 for none (default: 3)")
-    p.add_argument("--inputs", type=_int_in(1, 1000), default=None, help="input units (default: 2, or from --x)")
-    p.add_argument("--outputs", type=_int_in(1, 1000), default=None, help="output units (default: 2, or from --y)")
-    p.add_argument("--batch", type=_int_in(1, 1000), default=None,
+    p.add_argument("--inputs", type=int_in(1, 1000), default=None, help="input units (default: 2, or from --x)")
+    p.add_argument("--outputs", type=int_in(1, 1000), default=None, help="output units (default: 2, or from --y)")
+    p.add_argument("--batch", type=int_in(1, 1000), default=None,
                    help="samples in the step; gradients are averaged over them (default: 1, or from --x/--y)")
     p.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid", help="hidden activation (default: sigmoid)")
     p.add_argument("--loss", choices=LOSSES, default="quadratic",
                    help="quadratic: C = 1/2 ||a - y||^2 with sigmoid outputs; cross_entropy: softmax outputs, "
                    "C = -sum y ln a (default: quadratic)")
-    p.add_argument("--lr", type=_positive_float, default=0.5, help="learning rate eta (default: 0.5)")
-    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0,
+    p.add_argument("--lr", type=positive_float, default=0.5, help="learning rate eta (default: 0.5)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
                    help="seed of the initial weights and of a random sample (default: 0)")
     p.add_argument("--x", type=_samples, default=None, metavar="X",
                    help="the input, e.g. 0.05,0.10 (several samples: '0.05,0.10;0.2,0.3'; a leading minus: "
                    "--x=-0.5,0.1)")
     p.add_argument("--y", type=_samples, default=None, metavar="Y", help="the target, e.g. 0.01,0.99")
-    p.add_argument("--precision", type=_int_in(0, 15), default=6, help="digits after the decimal point (default: 6)")
+    p.add_argument("--precision", type=int_in(0, 15), default=6, help="digits after the decimal point (default: 6)")
     # For tests and worked examples: {"W1": [[...]], "b1": [...] or a number, "W2": ..., "b2": ...}
     p.add_argument("--weights-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

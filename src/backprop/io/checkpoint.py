@@ -55,7 +55,13 @@ import safetensors.numpy
 
 from backprop.engine.tensor import Tensor
 from backprop.io.atomic import write_bytes_atomic
-from backprop.io.serialization import _mismatch, _state_shapes, model_from_config, model_to_config
+from backprop.io.serialization import (
+    _mismatch,
+    _no_duplicates,
+    _state_shapes,
+    model_from_config,
+    model_to_config,
+)
 from backprop.nn.module import Module
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "TrainingCheckpoint", "load_checkpoint",
@@ -559,15 +565,6 @@ def _parse(p: str, data: bytes) -> Checkpoint:
                       scheduler_state_dict=sched_state, epoch=epoch, iteration=iteration, rng_states=rng_states,
                       history=history, architecture=architecture, extra=extra, optimizer_type=optim_type,
                       scheduler_type=sched_type, path=p)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def _read_safetensors(data: bytes) -> tuple[dict[str, str], dict[str, np.ndarray]]:
