@@ -36,7 +36,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,12 +46,14 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
+from _common import _loadavg, _torch, environment_lines, print_table, verdict
+
 N_TRAIN, N_CLASSES, SIDE = 60000, 10, 28
 BATCH, LR = 128, 0.05
 DATA_SEED, INIT_SEED = 0, 0
 SPEED_TARGET = 0.5  # backprop samples/s >= 0.5x PyTorch's
 MEMORY_TARGET = 2.0  # backprop peak epoch memory <= 2x PyTorch's
-OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 FAIR_COMMAND = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cnn_train.py"
 
 
@@ -63,14 +64,6 @@ def make_data(n: int = N_TRAIN, seed: int = DATA_SEED) -> tuple[np.ndarray, np.n
     x = rng.random((n, 1, SIDE, SIDE), dtype=np.float32)
     y = rng.integers(0, N_CLASSES, size=n, dtype=np.int64)
     return x, y
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 
 # -------------------------------------------------------------------------------------------- the models
@@ -324,68 +317,6 @@ def measure_memory(name: str, samples: int, threads: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- output
-def environment_lines(threads: int) -> list[str]:
-    import threadpoolctl
-
-    import backprop as bp
-
-    torch = _torch()
-    lines = [
-        (f"python {platform.python_version()}, numpy {np.__version__}, "
-         f"torch {torch.__version__ if torch else 'not installed'}, backprop {bp.__version__}"),
-        (f"cpu: {platform.machine()} {_cpu_model()}, os.cpu_count() = {os.cpu_count()}, threads used = {threads}, "
-         f"load average {_loadavg()}"),
-    ]
-    for info in threadpoolctl.threadpool_info():
-        if info.get("user_api") == "blas":
-            lines.append(f"numpy BLAS: {info.get('internal_api')} {info.get('version')}, "
-                         f"architecture={info.get('architecture')}, num_threads={info.get('num_threads')} "
-                         f"({os.path.basename(info.get('filepath', ''))})")
-    if torch is not None:
-        lines.append(f"torch: num_threads={torch.get_num_threads()}, mkldnn={torch.backends.mkldnn.is_available()}")
-    set_vars = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
-    if set_vars:
-        lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in set_vars.items())
-                     + " are SET: they pin old-OpenBLAS kernels and slow NumPy's BLAS (not PyTorch's).")
-        lines.append(f"  the fair comparison is: {FAIR_COMMAND}")
-    else:
-        lines.append("environment: " + " and ".join(OPENBLAS_VARS) + " are unset (the fair comparison)")
-    return lines
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    if title:
-        print(title)
-    line = "  ".join(str(h).rjust(w) if i else str(h).ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 # ------------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -429,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, torch: Any) -> int:
     t_start, load0 = time.perf_counter(), _loadavg()
     print("CNN (LeNet-5-like) training benchmark: backprop vs PyTorch (CPU)")
-    for line in environment_lines(args.threads):
+    for line in environment_lines(args.threads, FAIR_COMMAND):
         print(line)
     x, y = make_data(max(args.samples, args.split_samples))
     names = ["backprop", "torch"] if torch is not None else ["backprop"]

@@ -32,7 +32,6 @@ import cProfile
 import itertools
 import math
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -42,13 +41,15 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
+from _common import _loadavg, _torch, environment_lines, print_table, verdict
+
 N_TRAIN, N_FEATURES, N_CLASSES = 60000, 784, 10
 SIZES = (N_FEATURES, 256, 256, N_CLASSES)
 SMALL_SIZES = (4, 8, 3)
 LR = 0.1
 DATA_SEED = 0
 INIT_SEED = 0
-OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 FAIR_COMMAND = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_train.py"
 
 # Targets: backprop (idiomatic loop) vs PyTorch at a batch size, and vs the hand-written NumPy MLP.
@@ -65,15 +66,6 @@ def make_data(n: int = N_TRAIN, n_features: int = N_FEATURES, n_classes: int = N
     x = rng.random((n, n_features), dtype=np.float32)
     y = rng.integers(0, n_classes, size=n, dtype=np.int64)
     return x, y
-
-
-def _torch():
-    """PyTorch, or None when it is not installed (its rows are then skipped)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 
 # -------------------------------------------------------------------------------------- implementations
@@ -369,74 +361,8 @@ def consistency_check(x: np.ndarray, y: np.ndarray, steps: int = 3, batch_size: 
 
 
 # ---------------------------------------------------------------------------------------------- output
-def environment_lines(threads: int) -> list[str]:
-    import threadpoolctl
-
-    import backprop as bp
-
-    torch = _torch()
-    lines = [
-        (f"python {platform.python_version()}, numpy {np.__version__}, "
-         f"torch {torch.__version__ if torch else 'not installed'}, backprop {bp.__version__}, "
-         f"threadpoolctl {threadpoolctl.__version__}"),
-        (f"cpu: {platform.machine()} {_cpu_model()}, os.cpu_count() = {os.cpu_count()}, "
-         f"threads used = {threads}, load average {_loadavg()}"),
-    ]
-    for info in sorted(threadpoolctl.threadpool_info(), key=lambda i: i.get("user_api") != "blas"):
-        if info.get("user_api") == "blas":
-            lines.append(f"numpy BLAS: {info.get('internal_api')} {info.get('version')}, "
-                         f"architecture={info.get('architecture')}, num_threads={info.get('num_threads')} "
-                         f"({os.path.basename(info.get('filepath', ''))})")
-        else:
-            lines.append(f"thread pool: {info.get('internal_api')} ({info.get('user_api')}), "
-                         f"num_threads={info.get('num_threads')} ({os.path.basename(info.get('filepath', ''))})")
-    if torch is not None:
-        lines.append(f"torch: num_threads={torch.get_num_threads()}, mkl={torch.backends.mkl.is_available()}, "
-                     f"mkldnn={torch.backends.mkldnn.is_available()}")
-    set_vars = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
-    if set_vars:
-        lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in set_vars.items())
-                     + " are SET: they pin old-OpenBLAS tuning and slow a current NumPy (not PyTorch).")
-        lines.append(f"  for the fair comparison run: {FAIR_COMMAND}")
-    else:
-        lines.append("environment: " + " and ".join(OPENBLAS_VARS) + " are unset (the fair comparison)")
-    return lines
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _fmt_rate(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f}"
-
-
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(title)
-    line = "  ".join(str(h).rjust(w) if i else str(h).ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-
-
-def verdict(ok: bool | None) -> str:
-    return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -570,7 +496,7 @@ def _main(args: argparse.Namespace, torch: Any) -> int:
     t_start = time.perf_counter()
     load0 = _loadavg()
     print("MLP training benchmark: backprop vs PyTorch (CPU) vs hand-written NumPy")
-    for line in environment_lines(args.threads):
+    for line in environment_lines(args.threads, FAIR_COMMAND):
         print(line)
     x, y = make_data()
 
