@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights (uses --validation-split, 0.1 if not given)")
     t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="write TensorBoard event files (default DIR: <out>/tensorboard)")
+    t.add_argument("--workers", type=positive_int, default=1,
+                   help="train data-parallel on N MPI processes (runs mpiexec -n N; needs the mpi extra); "
+                        "under mpiexec itself the ranks are found automatically")
     t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for everything (default: 0)")
     t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
@@ -218,13 +221,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     import backprop as bp
     from backprop.training import callbacks as cb
 
+    world = _mpi_world_size()
+    if args.workers > 1 and world == 1:
+        return _launch_workers(args.workers)
     resume = _resume_args(args) if args.resume else None
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
     if args.label_smoothing and args.loss != "cross_entropy":
         raise CLIError("--label-smoothing applies to --loss cross_entropy only")
+    root = True
+    if world > 1:  # started by mpiexec: data-parallel over the ranks; rank 0 alone prints and writes files
+        from backprop import distributed
+
+        if args.batch_size % world:
+            raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
+        comm = distributed.init().comm
+        root = comm.Get_rank() == 0
+        if not root:
+            args.quiet = True
     ds = _load_data(args)
-    out_dir = _out_dir(args.out)
+    out_dir = _out_dir(args.out) if root else None
+    if world > 1:
+        out_dir = Path(comm.bcast(str(out_dir), root=0))
     bp.manual_seed(args.seed)
     n_features, n_classes = int(np.prod(ds.x_train.shape[1:])), len(ds.classes)
     model = build_model(args, n_features, n_classes)
@@ -250,7 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.early_stopping:
         callbacks.insert(0, cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
                                              restore_best_weights=True, verbose=0 if args.quiet else 1))
-    if args.tensorboard is not None:
+    if args.tensorboard is not None and root:
         callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
     if not args.quiet:
         print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
@@ -266,7 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from backprop.io import TrainingCheckpoint
 
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume")}
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume", "workers")}
     saved_args["out"] = str(out_dir)
     checkpoint = TrainingCheckpoint(out_dir / CHECKPOINT_FILE, extra={"cli_args": saved_args})
     if resume is not None and not args.quiet:
@@ -285,10 +303,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                              epochs=args.epochs, validation_split=validation_split, seed=args.seed,
                              callbacks=callbacks, scheduler=scheduler, scheduler_interval=interval,
                              clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
-                             resume_from=resume)
+                             resume_from=resume, distributed=world > 1)
         except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
             diverged, history = e, e.history
     seconds = time.perf_counter() - t0
+    if not root:
+        return 0
     final = {}
     if len(ds.x_test) and diverged is None:
         final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
@@ -355,7 +375,40 @@ class _StopOnSignal(Callback):
             raise KeyboardInterrupt
 
 
-_RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir")  # what --resume lets the command line change
+def _mpi_world_size() -> int:
+    """The number of ranks when started by mpiexec (MPICH, Open MPI or PMIx set these), else 1."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def _launch_workers(n: int) -> int:
+    """``--workers N``: run this same command under ``mpiexec -n N`` (the MPI extra) and return its exit code."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise CLIError("--workers needs MPI: pip install 'backprop[mpi]' (mpi4py and an MPI library)") from None
+    beside = Path(sysconfig.get_path("scripts")) / "mpiexec"
+    mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        raise CLIError("--workers needs an mpiexec launcher: pip install mpich (or install MPI) and retry")
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            argv.append(a)
+    return subprocess.call([mpiexec, "-n", str(n), sys.executable, "-m", "backprop", *argv])
+
+
+_RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir", "workers")  # what --resume lets the command line change
 
 
 def _resume_args(args: argparse.Namespace) -> Any:
