@@ -1,8 +1,8 @@
 """Saving and loading models: safetensors for the weights, JSON for the architecture, in one file.
 
 A model file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file. Its tensors are the model's
-``state_dict()`` under PyTorch's names (``0.weight``, ``0.bias``, ...), so ``safetensors.torch.load_file``
-and ``safetensors.numpy.load_file`` read it as they read any other. Its header's ``__metadata__`` (text
+``state_dict()`` under PyTorch's names (``0.weight``, ``0.bias``, ...), so the ``load_file`` functions of
+``safetensors.torch`` and ``safetensors.numpy`` read it as they read any other. Its header's ``__metadata__`` (text
 only) holds::
 
     {"format": "backprop", "version": "1",
