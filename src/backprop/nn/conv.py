@@ -106,7 +106,6 @@ def _check_groups(groups: Any, owner: str) -> int:
     return int(groups)
 
 
-# ------------------------------------------------------------------------------------------- allocator
 # ------------------------------------------------------------------------------------------ the kernels
 def _pad(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0) -> np.ndarray:
     """``x`` (N, C, H, W) with ``pads`` ((top, bottom), (left, right)) of ``value`` around each image."""

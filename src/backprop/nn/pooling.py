@@ -33,7 +33,7 @@ import numpy as np
 
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import Function, Tensor
-from backprop.nn.conv import _ints
+from backprop.nn.conv import _ints, _pad
 from backprop.nn.module import Module
 
 __all__ = [
@@ -78,12 +78,7 @@ class _Geometry:
 
     def pad(self, x: np.ndarray, value: float) -> np.ndarray:
         (ph, pw), (ah, aw) = self.padding, self.after
-        if not (ph or pw or ah or aw):
-            return x
-        n, c, h, w = x.shape
-        out = np.full((n, c, ph + h + ah, pw + w + aw), value, dtype=x.dtype)
-        out[:, :, ph:ph + h, pw:pw + w] = x
-        return out
+        return _pad(x, ((ph, ah), (pw, aw)), value)
 
     def offsets(self) -> list[tuple[int, slice, slice]]:
         """(flat offset in the window, rows, cols): the slices of the padded input under each kernel element."""
