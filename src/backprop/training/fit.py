@@ -525,11 +525,7 @@ def fit(
                     if check_finite:
                         bad_grad = _nonfinite_gradient(named_params)
                         if bad_grad is not None:  # stop before the update: the weights stay the last finite ones
-                            err = TrainingDiverged(
-                                f"the gradient of parameter '{bad_grad}' became NaN or infinite at epoch "
-                                f"{epoch + 1}, iteration {batch + 1} (step {history.iterations + 1}), with a finite "
-                                f"loss of {loss_value:.6g}; the model keeps the weights of the last finite step. "
-                                "Try a lower learning rate (or gradient clipping: clip_norm=...).")
+                            err = _diverged_gradient(bad_grad, loss_value, epoch, batch, history.iterations)
                             err.history = history
                             raise err
                     if clipping:
@@ -708,6 +704,15 @@ def _nonfinite_gradient(named_params: list[tuple[str, Any]]) -> str | None:
         if g is not None and not math.isfinite(float(g.sum())) and not np.isfinite(g).all():
             return name
     return None
+
+
+def _diverged_gradient(name: str, loss_value: float, epoch: int, batch: int, steps: int) -> TrainingDiverged:
+    """The error for a NaN or infinite gradient, found before the update was applied."""
+    return TrainingDiverged(
+        f"the gradient of parameter '{name}' became NaN or infinite at epoch {epoch + 1}, iteration {batch + 1} "
+        f"(step {steps + 1}), with a finite loss of {loss_value:.6g}; the model keeps the weights of the last "
+        "finite step. Try a lower learning rate (or gradient clipping: clip_norm=...)."
+    )
 
 
 def _diverged(loss_value: float, epoch: int, batch: int, steps: int, bad: str | None) -> TrainingDiverged:
