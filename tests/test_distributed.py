@@ -180,31 +180,41 @@ def test_single_process_helpers():
 
 
 FIT = COMMON + """
-out = sys.argv[1]
+out, weighted = sys.argv[1], sys.argv[2] == "weighted"
 ctx = init()
 x, y = data("mlp", 249, np.float64)
 m = model("mlp", np.float64)
-h = bp.fit(m, x, y, optimizer="adam", lr=0.01, batch_size=32, epochs=2, seed=5, verbose=0, distributed=True)
+kw = dict(class_weight="balanced", sample_weight=np.linspace(0.0, 2.0, 249)) if weighted else {}
+h = bp.fit(m, x, y, optimizer="adam", lr=0.01, batch_size=32, epochs=2, seed=5, verbose=0, distributed=True,
+           validation_split=0.2, **kw)
 if ctx.rank == 0:
-    np.savez(out, loss=h.history["loss"], iterations=h.iterations, samples=h.samples_seen,
-             **{f"p{i}": p.data for i, p in enumerate(m.parameters())})
+    np.savez(out, loss=h.history["loss"], val_loss=h.history["val_loss"], iterations=h.iterations,
+             samples=h.samples_seen, **{f"p{i}": p.data for i, p in enumerate(m.parameters())})
 """
 
 
-def test_fit_distributed_true_matches_single_process(tmp_path):
-    """fit(distributed=True) under mpiexec: the wiring of the hooks into fit itself."""
+@pytest.mark.parametrize("weighted", ["plain", "weighted"])
+def test_fit_distributed_true_matches_single_process(tmp_path, weighted):
+    """fit(distributed=True) under mpiexec, with a validation split and (weighted) class and sample weights.
+
+    The weighted run's sample weights start at 0, so the first shards carry less weight than the others:
+    each rank's share of a batch's loss is its weight over the batch's, not its sample count.
+    """
     out = tmp_path / "rank0.npz"
-    r = _mpirun(tmp_path, FIT, str(out))
+    r = _mpirun(tmp_path, FIT, str(out), weighted)
     assert r.returncode == 0, r.stdout + r.stderr
     got = np.load(out)
     ns: dict = {}
     exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
     x, y = ns["data"]("mlp", 249, np.dtype("float64"))
     ref = ns["model"]("mlp", np.dtype("float64"))
-    h = bp.fit(ref, x, y, optimizer="adam", lr=0.01, batch_size=32, epochs=2, seed=5, verbose=0)
+    kw = {"class_weight": "balanced", "sample_weight": np.linspace(0.0, 2.0, 249)} if weighted == "weighted" else {}
+    h = bp.fit(ref, x, y, optimizer="adam", lr=0.01, batch_size=32, epochs=2, seed=5, verbose=0,
+               validation_split=0.2, **kw)
     for i, p in enumerate(ref.parameters()):
         np.testing.assert_allclose(got[f"p{i}"], p.data, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got["loss"], h.history["loss"], rtol=1e-12)
+    np.testing.assert_allclose(got["val_loss"], h.history["val_loss"], rtol=1e-12)
     assert int(got["iterations"]) == h.iterations and int(got["samples"]) == h.samples_seen
 
 
@@ -245,17 +255,20 @@ def test_cli_under_mpiexec_and_with_workers(tmp_path):
 
 
 def test_killed_rank_then_resume_on_one_rank(tmp_path):
-    """Acceptance: a rank killed mid-run ends the job within 30 s; --resume on 1 rank finishes the run."""
+    """Acceptance: a rank killed mid-run ends the job within 30 s naming the rank; --resume on 1 rank finishes."""
     import signal as _signal
 
     out = tmp_path / "run"
     args = ["train", "--epochs", "30", "--hidden", "64", "--batch-size", "32", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "backprop", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "backprop", *args, "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
     for line in proc.stdout:
+        seen.append(line)
         if line.startswith("Epoch 3/"):
             break
+    assert re.search(r"data-parallel on 2 MPI ranks: rank 0 = pid \d+ on \S+, rank 1 = pid \d+", "".join(seen))
     victim = None
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -270,10 +283,63 @@ def test_killed_rank_then_resume_on_one_rank(tmp_path):
     assert victim is not None, "rank 1 not found"
     t0 = time.monotonic()
     os.kill(victim, _signal.SIGKILL)
-    proc.communicate(timeout=60)
+    rest, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0 and time.monotonic() - t0 < 30
+    assert re.search(rf"backprop: rank 1 of 2 \(pid {victim} on \S+\) died: killed by signal 9 \(SIGKILL\)", rest), rest
     r = _cli("train", "--resume", str(out), "--quiet")
     assert r.stdout.strip() == str(out)
     straight = tmp_path / "straight"
     _cli(*args[:-2], "--out", str(straight), "--quiet")
     _close(_weights(out), _weights(straight), 1e-3)
+
+
+SKLEARN = COMMON + """
+from backprop.sklearn import MLPClassifier, MLPRegressor
+out, kind = sys.argv[1], sys.argv[2]
+ctx = init()
+x, y = data("mlp", 249, np.float64)
+if kind == "classifier":
+    est = MLPClassifier((16,), batch_size=32, max_iter=4, alpha=0.01, random_state=0, distributed=True,
+                        verbose=True)
+    est.fit(x, y, sample_weight=np.linspace(0.0, 2.0, 249))
+else:
+    est = MLPRegressor(hidden_layer_sizes=(16,), solver="sgd", batch_size=32, max_iter=4, early_stopping=True, random_state=0,
+                       distributed=True)
+    est.fit(x, x[:, 0] - 2 * x[:, 1])
+weights = ctx.comm.gather(est.coefs_ + est.intercepts_, root=0)
+if ctx.rank == 0:
+    np.savez(out, loss=est.loss_curve_, n_iter=est.n_iter_,
+             same=all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1])),
+             **{f"w{i}": w for i, w in enumerate(weights[0])})
+"""
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_sklearn_estimators_distributed(tmp_path, kind):
+    """MLPClassifier/MLPRegressor(distributed=True) under mpiexec: the single-process estimator's weights."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from backprop.sklearn import MLPClassifier, MLPRegressor
+
+    out = tmp_path / "rank0.npz"
+    r = _mpirun(tmp_path, SKLEARN, str(out), kind)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = np.load(out)
+    ns: dict = {}
+    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
+    x, y = ns["data"]("mlp", 249, np.dtype("float64"))
+    if kind == "classifier":
+        est = MLPClassifier((16,), batch_size=32, max_iter=4, alpha=0.01, random_state=0)
+        with pytest.warns(ConvergenceWarning):
+            est.fit(x, y, sample_weight=np.linspace(0.0, 2.0, 249))
+        assert r.stdout.count("Iteration 4, loss") == 1  # printed by rank 0 only
+    else:
+        est = MLPRegressor(hidden_layer_sizes=(16,), solver="sgd", batch_size=32, max_iter=4, early_stopping=True,
+                           random_state=0)
+        with pytest.warns(ConvergenceWarning):
+            est.fit(x, x[:, 0] - 2 * x[:, 1])
+    assert bool(got["same"]), "the ranks ended with different weights"
+    for i, w in enumerate(est.coefs_ + est.intercepts_):
+        np.testing.assert_allclose(got[f"w{i}"], w, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got["loss"], est.loss_curve_, rtol=1e-12)
+    assert int(got["n_iter"]) == est.n_iter_

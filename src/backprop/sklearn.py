@@ -28,6 +28,10 @@ Differences from scikit-learn's MLP, on purpose:
 * the updates are PyTorch's (backprop's ``SGD`` and ``Adam``): the same as scikit-learn's for SGD with
   (Nesterov) momentum at a constant learning rate; Adam adds ``epsilon`` to ``sqrt(v_hat)`` instead of to
   ``sqrt(v)`` with the step size folded in, a difference of order ``epsilon``.
+* ``distributed=True``: run the script under ``mpiexec -n P`` (``pip install "backprop[mpi]"``), every rank
+  calling ``fit`` on the same data; each batch (``batch_size`` divisible by P) is split over the ranks and
+  their gradients summed (:mod:`backprop.distributed`), so the fitted network is the single-process one
+  (same ``random_state``; rank 0's seed is used when it is None), to rounding. Only rank 0 prints and warns.
 * ``random_state`` seeds the estimator's own generators (initialisation, shuffling, dropout, the early
   stopping split), which continue across ``partial_fit`` calls; ``random_state=None`` draws the seed from
   backprop's global generator, so ``bp.manual_seed`` makes such runs reproducible too.
@@ -126,6 +130,7 @@ class _BaseMLP(BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "optimizer": [callable, None],
+        "distributed": ["boolean"],
     }
 
     def __sklearn_tags__(self):
@@ -277,10 +282,16 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _initialize(self, X: Any, n_outputs: int) -> None:
-        seeds = np.random.SeedSequence(_seed_from(self.random_state)).spawn(4)
+        seed = _seed_from(self.random_state)
+        if self.distributed:  # rank 0's seed everywhere: the same weights and batches on every rank
+            seed = self._trainer_comm().bcast(seed, root=0)
+        seeds = np.random.SeedSequence(seed).spawn(4)
         init_rng = np.random.default_rng(seeds[0])
         self._shuffle_rng = np.random.default_rng(seeds[1])
         self._dropout_rng = np.random.default_rng(seeds[2])
+        if self.distributed:  # each rank its own dropout masks for its own rows
+            comm = self._trainer_comm()
+            self._dropout_rng = np.random.default_rng(seeds[2].spawn(comm.Get_size())[comm.Get_rank()])
         self._split_seed = int(seeds[3].generate_state(1)[0])
         self.n_outputs_ = n_outputs
         self._build_model(X.shape[1], n_outputs, X.dtype, init_rng)
@@ -339,7 +350,14 @@ class _BaseMLP(BaseEstimator):
                             seed=self._shuffle_rng)
         opt = self.optimizer_
         half_alpha = 0.5 * float(self.alpha)
-        verbose = bool(self.verbose)
+        dist = None
+        if self.distributed:  # data-parallel: each rank a shard of every batch (backprop.distributed)
+            from backprop.distributed import Trainer
+
+            dist = Trainer(self.model_, opt, batch_size, comm=self._trainer_comm())
+            dist.broadcast()
+        self._speaks = dist is None or dist.is_root  # only rank 0 prints and warns
+        verbose = bool(self.verbose) and self._speaks
 
         self.n_iter_ = 0
         try:
@@ -351,15 +369,29 @@ class _BaseMLP(BaseEstimator):
                     w_sum = float(wb.sum())
                     if w_sum <= 0.0:
                         continue  # a batch of zero-weight samples teaches nothing
+                    n_batch, share = len(idx), 1.0
+                    if dist is not None:
+                        idx, _ = dist.shard(idx, None, wb)
+                        wb, share = sw[idx], dist.share
+                        if share <= 0.0:  # no rows, or only zero-weight ones, on this rank
+                            dist.empty_step()
+                            continue
+                    w_local = float(wb.sum())
                     opt.zero_grad()
                     out = self._forward(_rows(X, idx, dtype), training=True)
                     per_sample = self._per_sample_loss(out, Y[idx])
-                    loss = (per_sample * Tensor(wb.astype(dtype))).sum() * (1.0 / w_sum)
-                    if half_alpha:
+                    loss = (per_sample * Tensor(wb.astype(dtype))).sum() * (1.0 / w_local)
+                    if half_alpha:  # NOTE: over the GLOBAL batch's weight: the ranks' shares sum it to once
                         loss = loss + self._penalty() * (half_alpha / w_sum)
-                    loss.backward()
+                    if dist is None:
+                        loss.backward()
+                    else:
+                        dist.backward(loss)
+                        dist.allreduce_gradients()
                     opt.step()
-                    accumulated += float(loss.data) * len(idx)
+                    accumulated += float(loss.data) * share * n_batch
+                if dist is not None:
+                    (accumulated,) = dist.reduce_sums(accumulated)
                 self.model_.eval()
                 self.n_iter_ += 1
                 self.t_ += n_samples
@@ -381,15 +413,25 @@ class _BaseMLP(BaseEstimator):
                     self._no_improvement_count = 0
                 if incremental:
                     break
-                if self.n_iter_ == self.max_iter:
+                if self.n_iter_ == self.max_iter and self._speaks:
                     warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                                   "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
+        except Exception as e:
+            if dist is not None:  # a failing rank must not leave the others waiting in an Allreduce
+                dist.abort(e)
+            raise
         finally:
             self.model_.eval()
         if early_stopping:
             self.model_.load_state_dict(self._best_state)
+
+    def _trainer_comm(self) -> Any:
+        """MPI.COMM_WORLD, for ``distributed=True`` (a clear ImportError without the mpi extra)."""
+        from backprop.distributed import init
+
+        return init().comm
 
     def _update_loss(self) -> None:
         """scikit-learn's rule: an epoch improves when its loss is below the best loss minus tol."""
@@ -403,7 +445,7 @@ class _BaseMLP(BaseEstimator):
     def _update_validation(self, X_val: Any, y_val: np.ndarray, sw_val: np.ndarray) -> None:
         score = self._score(X_val, y_val, sw_val)
         self.validation_scores_.append(score)
-        if self.verbose:
+        if self.verbose and self._speaks:
             print(f"Validation score: {score:f}")
         if not score >= self.best_validation_score_ + self.tol:
             self._no_improvement_count += 1
@@ -422,11 +464,11 @@ class _BaseMLP(BaseEstimator):
         adaptive = self.optimizer is None and self.solver == "sgd" and self.learning_rate == "adaptive"
         lr = float(self.optimizer_.param_groups[0]["lr"])
         if not adaptive or lr <= 1e-6:
-            if self.verbose:
+            if self.verbose and self._speaks:
                 print(msg + (" Learning rate too small." if adaptive else "") + " Stopping.")
             return True
         self._set_lr(lr / 5.0)
-        if self.verbose:
+        if self.verbose and self._speaks:
             print(f"{msg} Setting learning rate to {lr / 5.0:f}")
         return False
 
@@ -468,7 +510,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ("constant", "invscaling", "adaptive"; sgd only), ``learning_rate_init``, ``power_t``, ``max_iter``
     (epochs), ``shuffle``, ``random_state``, ``tol``, ``verbose``, ``warm_start``, ``momentum``,
     ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``, ``beta_1``, ``beta_2``,
-    ``epsilon``, ``n_iter_no_change``; backprop's ``dropout`` and ``optimizer``.
+    ``epsilon``, ``n_iter_no_change``; backprop's ``dropout``, ``optimizer`` and ``distributed`` (see the
+    module's notes).
 
     Fitted attributes: ``classes_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
     ``best_validation_score_``, ``n_iter_``, ``t_``, ``coefs_``, ``intercepts_``, ``n_features_in_``,
@@ -480,7 +523,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0, optimizer=None):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0, optimizer=None, distributed=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -505,6 +548,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
         self.optimizer = optimizer
+        self.distributed = distributed
 
     _score_function = staticmethod(accuracy_score)
 
@@ -617,7 +661,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 dropout=0.0, optimizer=None):
+                 dropout=0.0, optimizer=None, distributed=False):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -643,6 +687,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
         self.optimizer = optimizer
+        self.distributed = distributed
 
     _score_function = staticmethod(r2_score)
 

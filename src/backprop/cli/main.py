@@ -15,9 +15,12 @@ import contextlib
 import csv
 import datetime as _dt
 import io
+import json
 import os
 import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -237,7 +240,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
         comm = distributed.init().comm
         root = comm.Get_rank() == 0
-        if not root:
+        table = distributed.rank_table(comm)
+        if root:
+            _publish_rank_table(table, quiet=args.quiet)
+        else:
             args.quiet = True
     ds = _load_data(args)
     out_dir = _out_dir(args.out) if root else None
@@ -405,7 +411,66 @@ def _launch_workers(n: int) -> int:
             skip = True
         elif not a.startswith("--workers="):
             argv.append(a)
-    return subprocess.call([mpiexec, "-n", str(n), sys.executable, "-m", "backprop", *argv])
+    with tempfile.TemporaryDirectory(prefix="backprop-workers-") as tmp:
+        table_file = Path(tmp) / "ranks.json"
+        env = {**os.environ, RANK_TABLE_ENV: str(table_file)}
+        proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, "-m", "backprop", *argv], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        tails = [_Tail(), _Tail()]
+        pumps = [threading.Thread(target=_pump, args=(stream, out, tail), daemon=True)
+                 for stream, out, tail in ((proc.stdout, sys.stdout, tails[0]), (proc.stderr, sys.stderr, tails[1]))]
+        for t in pumps:
+            t.start()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))  # pass it on
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached mpiexec too (same process group): let it stop the ranks
+            code = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        for t in pumps:
+            t.join()
+        if code != 0 and table_file.exists():
+            from backprop.distributed import explain_failure
+
+            why = explain_failure(tails[0].text() + tails[1].text(), json.loads(table_file.read_text()))
+            if why is not None:
+                print(f"backprop: {why}", file=sys.stderr, flush=True)
+    return code
+
+
+RANK_TABLE_ENV = "BACKPROP_RANK_TABLE"  # where rank 0 writes [(rank, pid, host)] for --workers
+
+
+def _publish_rank_table(table: list, quiet: bool) -> None:
+    """On rank 0: name every rank's pid and host (mpiexec reports a dead process by pid only)."""
+    where = os.environ.get(RANK_TABLE_ENV)
+    if where:
+        Path(where).write_text(json.dumps(table))
+    if not quiet:
+        print(f"data-parallel on {len(table)} MPI ranks: "
+              + ", ".join(f"rank {r} = pid {pid} on {host}" for r, pid, host in table), file=sys.stderr, flush=True)
+
+
+class _Tail:
+    """The last bytes written to a stream (mpiexec's failure report is at the end)."""
+
+    def __init__(self, keep: int = 1 << 16) -> None:
+        self.keep, self.data = keep, b""
+
+    def add(self, chunk: bytes) -> None:
+        self.data = (self.data + chunk)[-self.keep:]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def _pump(stream: Any, out: Any, tail: _Tail) -> None:
+    """Copy a child's output to ours as it comes (progress lines stay live), keeping its tail."""
+    while chunk := os.read(stream.fileno(), 1 << 14):
+        tail.add(chunk)
+        out.buffer.write(chunk) if hasattr(out, "buffer") else out.write(chunk.decode(errors="replace"))
+        out.flush()
 
 
 _RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir", "workers")  # what --resume lets the command line change

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 import time
 import traceback
@@ -52,10 +53,12 @@ __all__ = [
     "allreduce_metrics",
     "broadcast_optimizer_state",
     "broadcast_parameters",
+    "explain_failure",
     "fit_distributed",
     "init",
     "is_available",
     "is_root",
+    "rank_table",
     "reduce_metric_states",
     "shard_batch",
     "shard_bounds",
@@ -119,6 +122,54 @@ def is_root(comm: Any = None) -> bool:
     if comm is None and not is_available():
         return True
     return _comm(comm).Get_rank() == 0
+
+
+# ------------------------------------------------------------------------------------------ who is who
+def rank_table(comm: Any = None) -> list[tuple[int, int, str]]:
+    """``[(rank, pid, host), ...]`` of every rank (a collective: every rank must call it).
+
+    MPICH's launcher reports a process that died by its PID and host only; this table maps them back to
+    a rank (see :func:`explain_failure`).
+    """
+    import os
+    import socket
+
+    comm = _comm(comm)
+    return [tuple(row) for row in comm.allgather((comm.Get_rank(), os.getpid(), socket.gethostname()))]
+
+
+_HYDRA_DEATH = re.compile(r"PID (\d+) RUNNING AT (\S+)\s*=*\s*EXIT CODE: (-?\d+)")
+
+
+def explain_failure(launcher_output: str, table: Sequence[Sequence[Any]]) -> str | None:
+    """A line naming the rank that ended a job, from mpiexec's output and the job's :func:`rank_table`.
+
+    MPICH (hydra) prints ``PID 1234 RUNNING AT host ... EXIT CODE: 9`` for the first process that failed,
+    and ``EXIT STRING: Killed (signal 9)`` when a signal ended it. None if nothing matches.
+
+    >>> out = "=   PID 41 RUNNING AT node2\\n=   EXIT CODE: 9\\nEXIT STRING: Killed (signal 9)"
+    >>> explain_failure(out, [(0, 40, "node1"), (1, 41, "node2")])
+    'rank 1 of 2 (pid 41 on node2) died: killed by signal 9 (SIGKILL); mpiexec stopped the other ranks'
+    """
+    import signal as _signal
+
+    m = _HYDRA_DEATH.search(launcher_output)
+    if m is None:
+        return None
+    pid, host, code = int(m.group(1)), m.group(2), int(m.group(3))
+    ranks = [int(r) for r, p, h in table if int(p) == pid and (h == host or h.split(".")[0] == host.split(".")[0])]
+    if not ranks:
+        ranks = [int(r) for r, p, _ in table if int(p) == pid]
+    who = f"rank {ranks[0]} of {len(table)}" if len(ranks) == 1 else "a rank"
+    how = f"exit code {code}"
+    sig = re.search(r"EXIT STRING: .*\(signal (\d+)\)", launcher_output)
+    if sig is not None:
+        signum = int(sig.group(1))
+        try:
+            how = f"killed by signal {signum} ({_signal.Signals(signum).name})"
+        except ValueError:
+            how = f"killed by signal {signum}"
+    return f"{who} (pid {pid} on {host}) died: {how}; mpiexec stopped the other ranks"
 
 
 # -------------------------------------------------------------------------------------------- broadcast
@@ -232,16 +283,25 @@ class GradientAllreduce:
         rank's samples) and ``n_global`` (their sum over the ranks): ``sum_r n_r * grad_r / n_global``, the
         mean gradient of the global batch when each rank's gradient is the mean over its own shard.
         """
+        if n_local is None:
+            if self.size > 1:
+                self._reduce(post=1.0 / self.size)
+            return
+        if n_global is None:
+            raise ValueError("GradientAllreduce: pass n_global with n_local")
+        self._reduce(pre=float(n_local), post=1.0 / n_global if n_global else 1.0)
+
+    def sum(self) -> None:
+        """Replace every gradient by its SUM over the ranks (each rank's loss already scaled by its share)."""
+        self._reduce()
+
+    def _reduce(self, pre: float | None = None, post: float | None = None) -> None:
+        """grad <- post * sum_r (pre_r * grad_r), one in-place Allreduce per bucket."""
         MPI = _mpi()
         comm, params = self.comm, self.params
-        if self.size == 1 and n_local is None:
-            return
         for i, p in enumerate(params):
             self._has[i] = p.grad is not None
         comm.Allreduce(MPI.IN_PLACE, self._has, op=MPI.MAX)
-        weighted = n_local is not None
-        if weighted and n_global is None:
-            raise ValueError("GradientAllreduce: pass n_global with n_local")
         for buf, items in self.buckets:
             for i, start, stop in items:
                 g = params[i].grad
@@ -249,14 +309,12 @@ class GradientAllreduce:
                     buf[start:stop] = 0
                 else:
                     buf[start:stop].reshape(g.shape)[...] = g
-            if weighted:
-                buf *= n_local
+            if pre is not None and pre != 1.0:
+                buf *= pre
             comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             self.calls += 1
-            if weighted:
-                buf /= n_global if n_global else 1
-            else:
-                buf /= self.size
+            if post is not None and post != 1.0:
+                buf *= post
             for i, start, stop in items:
                 if not self._has[i]:
                     continue
@@ -328,13 +386,14 @@ class Trainer:
     """
 
     def __init__(self, model: Any, optimizer: Any, batch_size: int, comm: Any = None,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, sync_batchnorm: bool = False) -> None:
         ctx = init(comm)
         self.comm, self.rank, self.size = ctx.comm, ctx.rank, ctx.size
         check_batch_size(batch_size, self.size)
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.allreduce = GradientAllreduce(model.parameters(), bucket_bytes=bucket_bytes, comm=self.comm)
-        self.n_local, self.n_global = 0, 0
+        self.n_local, self.n_global, self.share = 0, 0, 0.0
+        self.sync_batchnorm = bool(sync_batchnorm)
 
     @property
     def is_root(self) -> bool:
@@ -352,27 +411,50 @@ class Trainer:
         draw = int(get_rng().integers(2**63))
         manual_seed(int(np.random.SeedSequence([draw, self.rank]).generate_state(1)[0]))
 
-    def shard(self, xb: Any, yb: Any = None) -> tuple[Any, Any]:
-        """This rank's slice of the global batch; remembers the counts for :meth:`allreduce_gradients`."""
+    def shard(self, xb: Any, yb: Any = None, weights: Any = None) -> tuple[Any, Any]:
+        """This rank's slice of the global batch; sets :attr:`share`, this rank's part of the batch's loss.
+
+        ``weights`` (optional): the loss weights of the GLOBAL batch's samples (class/sample weights, when
+        the batch loss is ``sum(w * loss) / sum(w)``); the share is then this rank's weight over the
+        batch's, else its sample count over the batch's.
+        """
         self.n_global = len(xb)
         start, stop = shard_bounds(self.n_global, self.rank, self.size)
         self.n_local = stop - start
+        if weights is None:
+            self.share = self.n_local / self.n_global if self.n_global else 0.0
+        else:
+            total = float(np.sum(weights))
+            self.share = float(np.sum(weights[start:stop])) / total if total > 0 else 0.0
         return xb[start:stop], (None if yb is None else yb[start:stop])
 
-    def allreduce_gradients(self) -> None:
-        """The mean gradient of the global batch, on every rank (call after backward, before step).
+    def backward(self, loss: Any) -> None:
+        """``loss.backward()`` scaled by :attr:`share`: the ranks' gradients then SUM to the global batch's.
 
-        A rank with an empty shard (a last batch smaller than the number of ranks) must still call it,
-        after ``opt.zero_grad()``: it contributes nothing.
+        NOTE: the scale goes in before backward, not after: a synchronised BatchNorm sums its upstream
+        gradients over the ranks inside backward, and they must already carry each rank's share.
         """
-        if self.n_global % self.size == 0:
-            self.allreduce()  # equal shards: the mean of the means
-        else:
-            self.allreduce(self.n_local, self.n_global)
+        loss.backward(np.asarray(self.share, dtype=loss.dtype))
 
-    def empty_step(self) -> None:
-        """The step of a rank whose shard is empty: no forward pass, a zero contribution to the Allreduce."""
+    def allreduce_gradients(self) -> None:
+        """The gradient of the global batch on every rank: the SUM of the ranks' (share-scaled) gradients.
+
+        Call after :meth:`backward`, before ``optimizer.step()``. A rank with an empty shard calls
+        :meth:`empty_step` instead.
+        """
+        self.allreduce.sum()
+
+    def empty_step(self, xb: Any = None) -> None:
+        """The step of a rank whose shard is empty: a zero contribution to the Allreduce, then the same step.
+
+        With synchronised BatchNorm the model still runs forward and backward on the zero-row ``xb`` so
+        that this rank joins the BatchNorm collectives.
+        """
         self.optimizer.zero_grad()
+        if self.sync_batchnorm and xb is not None:
+            from backprop.engine.tensor import Tensor
+
+            self.model(Tensor(xb)).sum().backward(np.zeros((), dtype=self.model.dtype))
         self.allreduce_gradients()
         self.optimizer.step()
 
@@ -464,24 +546,25 @@ def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", 
                 idx, _ = dist.shard(idx)
                 history.sample_counts[idx] += 1
                 xb, yb = x[idx], y[idx]
-                opt.zero_grad()
-                n = len(idx)
-                if n:
-                    out = model(Tensor(xb))
-                    loss_t = loss_fn(out, yb)
-                    loss_value = float(loss_t.data)
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}")
-                    loss_t.backward()
-                dist.allreduce_gradients()
-                opt.step()
-                if n:
-                    total_loss += loss_value * n
-                    loss_weight += n
-                    seen += n
-                    for m in metric_list:
-                        m.update(out.data, yb)
                 history.iterations += 1
+                n = len(idx)
+                if n == 0:  # a last batch smaller than the number of ranks
+                    dist.empty_step(xb)
+                    continue
+                opt.zero_grad()
+                out = model(Tensor(xb))
+                loss_t = loss_fn(out, yb)
+                loss_value = float(loss_t.data)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}")
+                dist.backward(loss_t)  # scaled by this rank's share of the batch
+                dist.allreduce_gradients()  # summed over the ranks: the global batch's gradient
+                opt.step()
+                total_loss += loss_value * n
+                loss_weight += n
+                seen += n
+                for m in metric_list:
+                    m.update(out.data, yb)
             total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)
             dist.reduce_metrics(metric_list)
             logs = {"loss": total_loss / loss_weight if loss_weight else math.nan}

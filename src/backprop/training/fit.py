@@ -393,8 +393,6 @@ def fit(
 
         resume = resume_from if isinstance(resume_from, Checkpoint) else load_checkpoint(resume_from)
         seed = _check_resume(resume, seed, epochs, batch_size, shuffle, validation_split, len(x))
-    if distributed and weighted:
-        raise ValueError("fit: distributed=True does not support class_weight or sample_weight yet")
     if distributed and seed is None and resume is None:  # every rank must draw the same permutations
         from backprop.distributed import shared_seed
         seed = shared_seed(None if distributed is True else distributed)
@@ -491,9 +489,9 @@ def fit(
                     m.reset()
                 for batch, (xb, yb) in enumerate(loader):
                     if dist is not None:
-                        xb, yb = dist.shard(xb, yb)
+                        xb, yb = dist.shard(xb, yb, weights[yb] if weighted else None)
                         if len(xb) == 0:  # a last batch smaller than the number of ranks
-                            dist.empty_step()
+                            dist.empty_step(xb)
                             history.iterations += 1
                             history.samples_seen += dist.n_global
                             continue
@@ -519,8 +517,10 @@ def fit(
                             raise err
                         history.terminated_on_nan, nan_loss = True, loss_value
                         break
-                    loss_t.backward()
-                    if dist is not None:
+                    if dist is None:
+                        loss_t.backward()
+                    else:  # this rank's share of the batch's gradient, then their sum over the ranks
+                        dist.backward(loss_t)
                         dist.allreduce_gradients()
                     if check_finite:
                         bad_grad = _nonfinite_gradient(named_params)
