@@ -343,3 +343,61 @@ def test_sklearn_estimators_distributed(tmp_path, kind):
         np.testing.assert_allclose(got[f"w{i}"], w, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got["loss"], est.loss_curve_, rtol=1e-12)
     assert int(got["n_iter"]) == est.n_iter_
+
+
+SYNC_BN = COMMON + """
+out, sync, n = sys.argv[1], sys.argv[2] == "sync", int(sys.argv[3])
+ctx = init()
+rng = np.random.default_rng(2)
+x, y = rng.normal(3.0, 2.0, size=(n, 6)), rng.integers(0, 3, n)
+bp.manual_seed(0)
+m = bp.nn.Sequential(bp.nn.Linear(6, 8), bp.nn.BatchNorm1d(8), bp.nn.Tanh(), bp.nn.Linear(8, 3)).double()
+bp.fit(m, x, y, optimizer="sgd", lr=0.1, batch_size=6, epochs=2, seed=1, verbose=0, distributed=True,
+       sync_batchnorm=sync)
+states = ctx.comm.gather(m.state_dict(), root=0)
+if ctx.rank == 0:
+    np.savez(out, same=[k for k, v in states[0].items() if all(np.array_equal(v, s[k]) for s in states)], **states[0])
+"""
+
+
+@pytest.mark.parametrize("ranks, n", [(2, 52), (3, 50)])  # last batches: 2 + 2 rows; 1 + 1 + 0 rows (an empty shard)
+def test_fit_sync_batchnorm_matches_single_process(tmp_path, ranks, n):
+    """fit(distributed=True, sync_batchnorm=True): the weights and running statistics of one process."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(3.0, 2.0, size=(n, 6)), rng.integers(0, 3, n)
+    bp.manual_seed(0)
+    ref = bp.nn.Sequential(bp.nn.Linear(6, 8), bp.nn.BatchNorm1d(8), bp.nn.Tanh(), bp.nn.Linear(8, 3)).double()
+    bp.fit(ref, x, y, optimizer="sgd", lr=0.1, batch_size=6, epochs=2, seed=1, verbose=0)
+    # per-rank statistics (no sync) cannot normalise the 1-row shards of the 3-rank run: only 2 ranks
+    for sync in ("sync", "local") if ranks == 2 else ("sync",):
+        out = tmp_path / f"{sync}.npz"
+        r = _mpirun(tmp_path, SYNC_BN, str(out), sync, str(n), n=ranks)
+        assert r.returncode == 0, r.stdout + r.stderr
+        got = np.load(out)
+        same = set(got["same"].tolist())  # the state entries equal on every rank
+        params = {name for name, _ in ref.named_parameters()}
+        assert same == set(ref.state_dict()) if sync == "sync" else params <= same, sorted(same)
+        worst = max(float(np.max(np.abs(got[k] - v)) / max(float(np.max(np.abs(v))), 1e-300))
+                    for k, v in ref.state_dict().items())
+        if sync == "sync":
+            assert worst <= 1e-12, worst
+        else:  # each rank normalised its own shard: another function (the test can tell them apart)
+            assert worst > 1e-6, worst
+
+
+def test_cli_sync_batchnorm(tmp_path):
+    """`mpiexec -n 2 backprop train --model cnn --sync-batchnorm`: the one-process CNN (BatchNorm2d) to 1e-5."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    x = rng.random((120, 144)) + 0.3 * y[:, None]  # 12 x 12 "images", the smallest --model cnn takes
+    header = ",".join([f"p{i}" for i in range(144)] + ["label"])
+    np.savetxt(tmp_path / "img.csv", np.column_stack([x, y]), delimiter=",", header=header, comments="", fmt="%.5g")
+    common = ["train", "--dataset", f"csv:{tmp_path / 'img.csv'}", "--model", "cnn", "--dropout", "0",
+              "--epochs", "2", "--batch-size", "16", "--quiet"]
+    _cli(*common, "--out", str(tmp_path / "one"))
+    _cli(*common, "--sync-batchnorm", "--out", str(tmp_path / "sync"), n=2)
+    _cli(*common, "--out", str(tmp_path / "local"), n=2)
+    one, sync, local = (_weights(tmp_path / d) for d in ("one", "sync", "local"))
+    _close(sync, one, 1e-5)  # float32; BatchNorm2d's running statistics included
+    with pytest.raises(AssertionError, match="relative difference"):
+        _close(local, one, 1e-2)  # per-rank statistics: another model

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import backprop as bp
+import backprop.distributed.sync_batchnorm  # registers SyncBatchNormTrain (imports without mpi4py)
 from backprop.engine.registry import REGISTRY
 from backprop.engine.tensor import Function
 

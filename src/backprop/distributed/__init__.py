@@ -2,34 +2,43 @@
 
 Run a script under ``mpiexec -n P python script.py``. Each GLOBAL mini-batch of ``batch_size`` samples
 (drawn from the same permutation on every rank, from the same seed) is split into P contiguous shards;
-each rank computes the gradient of its shard, :class:`GradientAllreduce` averages the gradients over
-the ranks (weighted by the ranks' sample counts), and every rank takes the same optimizer step. The
-model therefore follows the single-process run with the same ``batch_size`` and ``seed``, up to the
-rounding of the sums in another order (about 1e-6 relative in float32, 1e-15 in float64 per step).
+each rank back-propagates its shard's loss scaled by its share of the batch (its sample count, or its
+sum of loss weights, over the batch's), :class:`GradientAllreduce` sums the gradients over the ranks
+(one ``Allreduce`` per bucket of contiguous float32/float64 memory), and every rank takes the same
+optimizer step. The model therefore follows the single-process run with the same ``batch_size`` and
+``seed``, up to the rounding of the sums in another order (about 1e-6 relative in float32, 1e-15 in
+float64 per step). With ``sync_batchnorm`` (:mod:`backprop.distributed.sync_batchnorm`) BatchNorm layers
+use the statistics of the whole batch over the ranks; without it each rank normalises its own shard
+(PyTorch DDP's default) and the ranks' running statistics differ (rank 0's are saved).
 
-Not covered (documented limits):
+Documented limits:
 
-* BatchNorm statistics are computed per rank over its shard (no sync_batchnorm), and the running
-  statistics of the ranks diverge; the weights saved from rank 0 are the reference.
 * Dropout masks are drawn on each rank for its own shard (:meth:`Trainer.seed_ranks` decorrelates the
   ranks' streams), so models with dropout train equivalently in distribution, not bit for bit.
 * A parameter without a gradient on every rank stays without one; if some ranks produce a gradient
   for it and others none, the missing ones count as zeros.
+* MPICH's ``mpiexec`` reports a rank that died (SIGKILL, out of memory) by its PID and host only:
+  :func:`rank_table` and :func:`explain_failure` map that back to the rank (``backprop train --workers``
+  does it for you).
 
-Hooks for ``fit`` (see :class:`Trainer`)::
+Hooks for a training loop (see :class:`Trainer`; ``fit(..., distributed=True)`` uses them)::
 
     dist = Trainer(model, opt, batch_size)     # checks batch_size % size == 0
     dist.broadcast()                           # rank 0's weights, buffers and optimizer state everywhere
-    for xb, yb in loader:                      # the same global batches on every rank
-        xb, yb = dist.shard(xb, yb)            # this rank's slice
-        ...forward, loss, backward...
-        dist.allreduce_gradients()             # the gradient of the global batch, on every rank
-        opt.step()
+    with dist.synchronised():                  # sync_batchnorm, if asked for
+        for xb, yb in loader:                  # the same global batches on every rank
+            xb, yb = dist.shard(xb, yb)        # this rank's slice, and its share of the batch
+            if len(xb) == 0:
+                dist.empty_step(xb); continue  # a last batch smaller than the number of ranks
+            opt.zero_grad()
+            dist.backward(loss_fn(model(Tensor(xb)), yb))   # backward of share * loss
+            dist.allreduce_gradients()         # the sum over the ranks: the global batch's gradient
+            opt.step()
     total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)   # epoch end
     dist.reduce_metrics(metric_list)
     if dist.is_root: print / write files
 
-:func:`fit_distributed` is the reference implementation of these hooks (until ``fit(distributed=True)``).
+:func:`fit_distributed` is a compact loop written with these hooks.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import numpy as np
 __all__ = [
     "Context",
     "GradientAllreduce",
+    "SyncBatchNormTrain",
     "Trainer",
     "allreduce_metrics",
     "broadcast_optimizer_state",
@@ -63,6 +73,8 @@ __all__ = [
     "shard_batch",
     "shard_bounds",
     "shared_seed",
+    "sync_batch_norm",
+    "sync_batchnorm",
 ]
 
 DEFAULT_BUCKET_BYTES = 4 << 20  # 4 MiB: one Allreduce per 1M float32 gradients
@@ -383,6 +395,7 @@ class Trainer:
         batch_size: the GLOBAL batch size B (divisible by the number of ranks).
         comm: the communicator (default ``MPI.COMM_WORLD``).
         bucket_bytes: the size of the gradient buckets.
+        sync_batchnorm: BatchNorm over all the ranks inside :meth:`synchronised`.
     """
 
     def __init__(self, model: Any, optimizer: Any, batch_size: int, comm: Any = None,
@@ -398,6 +411,14 @@ class Trainer:
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def synchronised(self) -> contextlib.AbstractContextManager:
+        """``with trainer.synchronised():`` BatchNorm over all the ranks if ``sync_batchnorm`` was set."""
+        if not self.sync_batchnorm:
+            return contextlib.nullcontext()
+        from backprop.distributed.sync_batchnorm import sync_batchnorm
+
+        return sync_batchnorm(self.comm)
 
     def broadcast(self, root: int = 0) -> None:
         """Start from root's weights, buffers and optimizer state on every rank."""
@@ -501,9 +522,9 @@ def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", 
                     lr: float = 0.1, batch_size: int = 32, epochs: int = 10, seed: int | None = None,
                     shuffle: bool = True, metrics: Sequence[Any] = ("accuracy",), verbose: int = 0,
                     comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Any:
-    """Data-parallel ``fit`` (a subset of its arguments): the REFERENCE IMPLEMENTATION of the Trainer hooks.
+    """Data-parallel training in a compact loop written with the Trainer hooks (a subset of ``fit``'s arguments).
 
-    To be replaced by ``bp.fit(..., distributed=True)`` once wired. Same seeds and batches as ``bp.fit``:
+    ``bp.fit(..., distributed=True)`` is the full-featured version. Same seeds and batches as ``bp.fit``:
     the returned History (identical on every rank) and the weights match a single-process ``fit`` with the
     same ``batch_size`` and ``seed``. ``history.sample_counts`` (this rank's uses of each training sample)
     lets tests check that each sample is used once per epoch over the ranks.
@@ -577,3 +598,7 @@ def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", 
                 print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
     model.eval()
     return history
+
+
+# NOTE: last: the module imports backprop.nn, and mpi4py only when a synchronised layer first runs
+from backprop.distributed.sync_batchnorm import SyncBatchNormTrain, sync_batch_norm, sync_batchnorm

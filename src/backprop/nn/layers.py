@@ -128,7 +128,8 @@ class Flatten(Module):
         self.start_dim = start_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.reshape(x, x.shape[: self.start_dim] + (-1,))
+        # NOTE: the size, not -1: NumPy cannot infer -1 for an empty batch (0 rows on some MPI rank)
+        return ops.reshape(x, x.shape[: self.start_dim] + (int(np.prod(x.shape[self.start_dim:])),))
 
 
 class Unflatten(Module):

@@ -22,6 +22,7 @@ values, dL/dx = (1/n) * gamma / std * (n*g - sum(g) - x^ * sum(g * x^)).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -244,6 +245,11 @@ def batch_norm(input: Tensor, running_mean: Any, running_var: Any, weight: Any =
     return BatchNormEval.apply(x, *params, running_mean=rm, running_var=rv, **flags)
 
 
+# The training-mode forward of every BatchNorm1d/2d while ``backprop.distributed.sync_batchnorm`` is active
+# (the statistics of the global batch over the MPI ranks); None: each process uses its own batch.
+_sync_forward: Callable[[_BatchNorm, Tensor], Tensor] | None = None
+
+
 class _BatchNorm(Module):
     """What BatchNorm1d and BatchNorm2d share: parameters, buffers, and PyTorch's train/eval logic."""
 
@@ -306,6 +312,8 @@ class _BatchNorm(Module):
             like = self.weight if self.affine else self.running_mean
             x = Tensor(np.asarray(x, dtype=like.dtype if like is not None else DEFAULT_DTYPE))
         self._check_input_dim(x)
+        if self.training and _sync_forward is not None:
+            return _sync_forward(self, x)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             # NOTE: checked before counting the batch; PyTorch counts it in num_batches_tracked and then raises

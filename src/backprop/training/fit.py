@@ -317,6 +317,7 @@ def fit(
     resume_from: Any = None,
     checkpoint: Any = None,
     distributed: Any = False,
+    sync_batchnorm: bool = False,
 ) -> History:
     """Train ``model`` on (x, y) by mini-batch backpropagation; return the History of every epoch.
 
@@ -364,6 +365,15 @@ def fit(
     (built the same way), the same ``batch_size``, ``shuffle``, ``validation_split`` and ``seed`` (checked;
     ``seed`` may be left out) and the same BLAS library and thread count. Callbacks keep no state across a
     resume (an EarlyStopping's patience count starts over).
+
+    ``distributed=True`` (or an mpi4py communicator): data-parallel training under ``mpiexec -n P`` (see
+    :mod:`backprop.distributed`; every rank calls ``fit`` with the same data and arguments). Rank 0's
+    weights and optimizer state are broadcast; each batch (``batch_size`` divisible by P) is split over the
+    ranks, each rank's loss scaled by its share of the batch (its sample count, or its sum of class/sample
+    weights), and the gradients summed with bucketed Allreduce, so the weights and History are the
+    single-process ones to rounding. Metrics are reduced over the ranks; only rank 0 prints and writes
+    checkpoints; a rank that raises aborts the job. ``sync_batchnorm=True``: BatchNorm layers normalise with
+    the statistics of the whole batch over all the ranks (as in one process) instead of each rank's shard.
     """
     _positive("batch_size", batch_size)
     _positive("epochs", epochs, allow_zero=True)
@@ -393,6 +403,8 @@ def fit(
 
         resume = resume_from if isinstance(resume_from, Checkpoint) else load_checkpoint(resume_from)
         seed = _check_resume(resume, seed, epochs, batch_size, shuffle, validation_split, len(x))
+    if sync_batchnorm and not distributed:
+        raise ValueError("fit: sync_batchnorm=True needs distributed=True (it synchronises BatchNorm over MPI ranks)")
     if distributed and seed is None and resume is None:  # every rank must draw the same permutations
         from backprop.distributed import shared_seed
         seed = shared_seed(None if distributed is True else distributed)
@@ -461,7 +473,8 @@ def fit(
     dist = None
     if distributed:  # True (MPI.COMM_WORLD) or a communicator; see backprop.distributed.Trainer
         from backprop.distributed import Trainer
-        dist = Trainer(model, opt, batch_size, comm=None if distributed is True else distributed)
+        dist = Trainer(model, opt, batch_size, comm=None if distributed is True else distributed,
+                       sync_batchnorm=sync_batchnorm)
         dist.seed_ranks()
         dist.broadcast()
     batch_hooks = [cb for cb in callbacks if _overrides(cb, "on_train_batch_begin") or _overrides(cb, "on_train_batch_end")]
@@ -469,9 +482,12 @@ def fit(
     progress = _Progress(0 if has_bar or (dist is not None and not dist.is_root) else verbose, epochs, n_batches)
     logs: dict[str, float] = {}
     begun: list[Callback] = []
+    stack = contextlib.ExitStack()
 
     try:
         try:
+            if dist is not None:
+                stack.enter_context(dist.synchronised())  # BatchNorm over all the ranks, with sync_batchnorm
             for cb in callbacks:
                 cb.on_train_begin({})
                 begun.append(cb)
@@ -581,6 +597,7 @@ def fit(
                 dist.abort(e)
             raise
     finally:  # whatever ended training (epochs, a callback, Ctrl-C, divergence, an error)
+        stack.close()
         progress.close()
         model.eval()
         for cb in begun:
