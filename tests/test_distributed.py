@@ -185,8 +185,9 @@ ctx = init()
 x, y = data("mlp", 249, np.float64)
 m = model("mlp", np.float64)
 kw = dict(class_weight="balanced", sample_weight=np.linspace(0.0, 2.0, 249)) if weighted else {}
+log = bp.training.callbacks.CSVLogger(f"log{ctx.rank}.csv")  # root_only: rank 0 alone writes
 h = bp.fit(m, x, y, optimizer="adam", lr=0.01, batch_size=32, epochs=2, seed=5, verbose=0, distributed=True,
-           validation_split=0.2, **kw)
+           validation_split=0.2, callbacks=[log], **kw)
 if ctx.rank == 0:
     np.savez(out, loss=h.history["loss"], val_loss=h.history["val_loss"], iterations=h.iterations,
              samples=h.samples_seen, **{f"p{i}": p.data for i, p in enumerate(m.parameters())})
@@ -216,6 +217,7 @@ def test_fit_distributed_true_matches_single_process(tmp_path, weighted):
     np.testing.assert_allclose(got["loss"], h.history["loss"], rtol=1e-12)
     np.testing.assert_allclose(got["val_loss"], h.history["val_loss"], rtol=1e-12)
     assert int(got["iterations"]) == h.iterations and int(got["samples"]) == h.samples_seen
+    assert (tmp_path / "log0.csv").exists() and not (tmp_path / "log1.csv").exists()
 
 
 def _cli(*args: str, n: int = 1, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -11,7 +11,9 @@ Built in, with Keras's names and meanings: :class:`EarlyStopping`, :class:`Model
 Hooks get ``logs``: ``on_epoch_end`` the epoch's metrics (``loss``, ``accuracy``, ``val_loss``, ``lr`` when
 a learning-rate schedule is in use...), ``on_train_batch_end`` ``{"loss": batch loss, "size": batch size}``.
 ``fit`` calls the batch hooks only of callbacks that define them (class or instance attribute), so
-epoch-level callbacks cost nothing per step.
+epoch-level callbacks cost nothing per step. In data-parallel ``fit(..., distributed=True)`` every rank runs
+the callbacks (so that EarlyStopping stops them all together) except those with ``root_only = True``
+(ModelCheckpoint, CSVLogger, ProgressBar, TensorBoard: they write files or print), which run on rank 0 only.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
@@ -44,6 +46,8 @@ class Callback:
     model: Any = None
     params: dict[str, Any] | None = None
     optimizer: Any = None
+    #: In data-parallel ``fit(distributed=True)`` only rank 0 runs it (it writes files or prints).
+    root_only: bool = False
 
     def set_model(self, model: Any) -> None:
         self.model = model
@@ -208,6 +212,8 @@ class ModelCheckpoint(Callback):
     ``best`` and ``last_saved`` (a path or None) are left on the callback.
     """
 
+    root_only = True
+
     def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss", save_best_only: bool = False,
                  save_weights_only: bool = False, mode: str = "auto", verbose: int = 0) -> None:
         self.filepath = os.fspath(filepath)
@@ -275,6 +281,8 @@ class CSVLogger(Callback):
     start of training); columns are the union of all keys in order of first appearance (an empty cell where
     a row lacks one). Numbers are written with full precision (``repr``), so they read back exactly.
     """
+
+    root_only = True
 
     def __init__(self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         self.filename, self.sep, self.append = os.fspath(filename), separator, append
@@ -477,6 +485,8 @@ class ProgressBar(Callback):
     of its own.
     """
 
+    root_only = True
+
     def __init__(self, bar: bool | None = None) -> None:
         self.bar = bar
         self._progress: _Progress | None = None
@@ -514,6 +524,8 @@ class TensorBoard(Callback):
     (e.g. ``logs/run-1``), as TensorBoard drops points whose steps go back within one folder.
     Needs the ``tensorboard`` package (``pip install tensorboard``), not TensorFlow.
     """
+
+    root_only = True
 
     def __init__(self, log_dir: str | os.PathLike[str] = "logs", update_freq: str | int = "epoch",
                  histogram_freq: int = 1) -> None:
