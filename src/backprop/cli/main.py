@@ -243,10 +243,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
         comm = distributed.init().comm
         root = comm.Get_rank() == 0
-        table = distributed.rank_table(comm)
-        if root:
-            _publish_rank_table(table, quiet=args.quiet)
-        else:
+        table = distributed.rank_table(comm)  # fit prints it; --workers reads it to name a rank that died
+        if root and os.environ.get(RANK_TABLE_ENV):
+            Path(os.environ[RANK_TABLE_ENV]).write_text(json.dumps(table))
+        if not root:
             args.quiet = True
     ds = _load_data(args)
     out_dir = _out_dir(args.out) if root else None
@@ -444,16 +444,6 @@ def _launch_workers(n: int) -> int:
 
 
 RANK_TABLE_ENV = "BACKPROP_RANK_TABLE"  # where rank 0 writes [(rank, pid, host)] for --workers
-
-
-def _publish_rank_table(table: list, quiet: bool) -> None:
-    """On rank 0: name every rank's pid and host (mpiexec reports a dead process by pid only)."""
-    where = os.environ.get(RANK_TABLE_ENV)
-    if where:
-        Path(where).write_text(json.dumps(table))
-    if not quiet:
-        print(f"data-parallel on {len(table)} MPI ranks: "
-              + ", ".join(f"rank {r} = pid {pid} on {host}" for r, pid, host in table), file=sys.stderr, flush=True)
 
 
 class _Tail:

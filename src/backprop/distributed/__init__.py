@@ -406,11 +406,17 @@ class Trainer:
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.allreduce = GradientAllreduce(model.parameters(), bucket_bytes=bucket_bytes, comm=self.comm)
         self.n_local, self.n_global, self.share = 0, 0, 0.0
+        self.ranks = rank_table(self.comm)  # [(rank, pid, host)]: mpiexec names a dead process by pid
         self.sync_batchnorm = bool(sync_batchnorm)
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def describe(self) -> str:
+        """One line naming every rank's pid and host."""
+        return (f"data-parallel on {self.size} MPI ranks: "
+                + ", ".join(f"rank {r} = pid {pid} on {host}" for r, pid, host in self.ranks))
 
     def synchronised(self) -> contextlib.AbstractContextManager:
         """``with trainer.synchronised():`` BatchNorm over all the ranks if ``sync_batchnorm`` was set."""

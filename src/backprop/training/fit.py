@@ -480,6 +480,8 @@ def fit(
         from backprop.distributed import Trainer
         dist = Trainer(model, opt, batch_size, comm=None if distributed is True else distributed,
                        sync_batchnorm=sync_batchnorm)
+        if verbose and dist.is_root:
+            print(dist.describe(), file=sys.stderr, flush=True)
         dist.seed_ranks()
         dist.broadcast()
     batch_hooks = [cb for cb in callbacks if _overrides(cb, "on_train_batch_begin") or _overrides(cb, "on_train_batch_end")]
