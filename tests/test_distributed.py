@@ -403,3 +403,37 @@ def test_cli_sync_batchnorm(tmp_path):
     _close(sync, one, 1e-5)  # float32; BatchNorm2d's running statistics included
     with pytest.raises(AssertionError, match="relative difference"):
         _close(local, one, 1e-2)  # per-rank statistics: another model
+
+
+NAN = COMMON + """
+mode = sys.argv[1]
+ctx = init()
+calls = [0]
+def loss(out, y):  # not finite on rank 1's shard of the 3rd batch only
+    calls[0] += 1
+    value = bp.nn.functional.cross_entropy(out, y)
+    return value * float("nan") if ctx.rank == 1 and calls[0] == 3 else value
+x, y = data("mlp", 256, np.float32)
+m = model("mlp", np.float32)
+callbacks = [bp.training.callbacks.TerminateOnNaN()] if mode == "terminate" else []
+try:
+    h = bp.fit(m, x, y, loss=loss, batch_size=32, epochs=2, seed=3, verbose=0, distributed=True, callbacks=callbacks)
+    print(f"rank {ctx.rank} returned: terminated_on_nan={h.terminated_on_nan} iterations={h.iterations}", flush=True)
+except bp.TrainingDiverged as e:
+    print(f"rank {ctx.rank} diverged: {e}", flush=True)
+same = ctx.comm.allgather(float(sum(float(p.data.sum()) for p in m.parameters())))
+print(f"rank {ctx.rank} same weights: {same[0] == same[1]}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["raise", "terminate"])
+def test_loss_not_finite_on_one_rank_stops_every_rank(tmp_path, mode):
+    """The batch loss is reduced with the gradients: a NaN on one rank's shard stops all ranks at that step."""
+    r = _mpirun(tmp_path, NAN, mode, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        if mode == "raise":
+            assert f"rank {rank} diverged: the loss became nan at epoch 1, iteration 3 (step 3)" in r.stdout, r.stdout
+        else:
+            assert f"rank {rank} returned: terminated_on_nan=True iterations=2" in r.stdout, r.stdout
+        assert f"rank {rank} same weights: True" in r.stdout, r.stdout

@@ -272,12 +272,14 @@ class GradientAllreduce:
                     continue
                 n = p.data.size
                 if pending and (offset + n) * dtype.itemsize > bucket_bytes:
-                    self.buckets.append((np.empty(offset, dtype), pending))
+                    self.buckets.append((np.empty(offset + 1, dtype), pending))  # + a spare slot
                     pending, offset = [], 0
                 pending.append((i, offset, offset + n))
                 offset += n
             if pending:
-                self.buckets.append((np.empty(offset, dtype), pending))
+                self.buckets.append((np.empty(offset + 1, dtype), pending))  # + a spare slot
+        if not self.buckets:  # no parameters: a bucket for the spare slot alone
+            self.buckets.append((np.empty(1, np.float64), []))
         other = {str(p.data.dtype) for p in self.params} - {"float32", "float64"}
         if other:
             raise TypeError(f"GradientAllreduce: parameters must be float32 or float64, got {sorted(other)}")
@@ -286,7 +288,8 @@ class GradientAllreduce:
 
     @property
     def nbytes(self) -> int:
-        return sum(buf.nbytes for buf, _ in self.buckets)
+        """The bytes of gradients reduced per call (the spare slots left out)."""
+        return sum(buf.nbytes - buf.itemsize for buf, _ in self.buckets)
 
     def __call__(self, n_local: float | None = None, n_global: float | None = None) -> None:
         """Replace every gradient by the average over the ranks.
@@ -303,18 +306,24 @@ class GradientAllreduce:
             raise ValueError("GradientAllreduce: pass n_global with n_local")
         self._reduce(pre=float(n_local), post=1.0 / n_global if n_global else 1.0)
 
-    def sum(self) -> None:
-        """Replace every gradient by its SUM over the ranks (each rank's loss already scaled by its share)."""
-        self._reduce()
+    def sum(self, extra: float = 0.0) -> float:
+        """Replace every gradient by its SUM over the ranks (each rank's loss already scaled by its share).
 
-    def _reduce(self, pre: float | None = None, post: float | None = None) -> None:
-        """grad <- post * sum_r (pre_r * grad_r), one in-place Allreduce per bucket."""
+        ``extra`` (a number, e.g. the rank's share of the loss) is summed in the same Allreduce, in the
+        last bucket's dtype: the sum over the ranks is returned.
+        """
+        return self._reduce(extra=extra)
+
+    def _reduce(self, pre: float | None = None, post: float | None = None, extra: float = 0.0) -> float:
+        """grad <- post * sum_r (pre_r * grad_r), one in-place Allreduce per bucket; returns sum_r extra_r."""
         MPI = _mpi()
         comm, params = self.comm, self.params
         for i, p in enumerate(params):
             self._has[i] = p.grad is not None
         comm.Allreduce(MPI.IN_PLACE, self._has, op=MPI.MAX)
+        last = self.buckets[-1][0]
         for buf, items in self.buckets:
+            buf[-1] = extra if buf is last else 0.0  # the spare slot at the end of every bucket
             for i, start, stop in items:
                 g = params[i].grad
                 if g is None:
@@ -336,6 +345,7 @@ class GradientAllreduce:
                     p.grad = view.copy()
                 else:
                     p.grad[...] = view
+        return float(self.buckets[-1][0][-1])
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -455,35 +465,40 @@ class Trainer:
             self.share = float(np.sum(weights[start:stop])) / total if total > 0 else 0.0
         return xb[start:stop], (None if yb is None else yb[start:stop])
 
-    def backward(self, loss: Any) -> None:
+    def backward(self, loss: Any, xb: Any = None) -> None:
         """``loss.backward()`` scaled by :attr:`share`: the ranks' gradients then SUM to the global batch's.
+
+        ``loss=None``: this rank's shard is empty (a last batch smaller than the number of ranks); with
+        synchronised BatchNorm the model still runs forward and backward on the zero-row ``xb``, so that
+        this rank joins the BatchNorm collectives.
 
         NOTE: the scale goes in before backward, not after: a synchronised BatchNorm sums its upstream
         gradients over the ranks inside backward, and they must already carry each rank's share.
         """
-        loss.backward(np.asarray(self.share, dtype=loss.dtype))
-
-    def allreduce_gradients(self) -> None:
-        """The gradient of the global batch on every rank: the SUM of the ranks' (share-scaled) gradients.
-
-        Call after :meth:`backward`, before ``optimizer.step()``. A rank with an empty shard calls
-        :meth:`empty_step` instead.
-        """
-        self.allreduce.sum()
-
-    def empty_step(self, xb: Any = None) -> None:
-        """The step of a rank whose shard is empty: a zero contribution to the Allreduce, then the same step.
-
-        With synchronised BatchNorm the model still runs forward and backward on the zero-row ``xb`` so
-        that this rank joins the BatchNorm collectives.
-        """
-        self.optimizer.zero_grad()
-        if self.sync_batchnorm and xb is not None:
+        if loss is not None:
+            loss.backward(np.asarray(self.share, dtype=loss.dtype))
+        elif self.sync_batchnorm and xb is not None:
             from backprop.engine.tensor import Tensor
 
             self.model(Tensor(xb)).sum().backward(np.zeros((), dtype=self.model.dtype))
-        self.allreduce_gradients()
+
+    def allreduce_gradients(self, loss: float = 0.0) -> float:
+        """The gradient of the global batch on every rank: the SUM of the ranks' (share-scaled) gradients.
+
+        Call after :meth:`backward` (every rank, an empty shard's too), before ``optimizer.step()``.
+        ``loss``, this rank's loss, rides along in the same Allreduce: the return value is
+        ``sum_r share_r * loss_r``, the global batch's loss, the same on every rank (so that a loss that
+        is not finite on any rank stops them all at the same step).
+        """
+        return self.allreduce.sum(self.share * loss)
+
+    def empty_step(self, xb: Any = None) -> float:
+        """The whole step of a rank whose shard is empty: no loss of its own, the same update as the others."""
+        self.optimizer.zero_grad()
+        self.backward(None, xb)
+        loss = self.allreduce_gradients()
         self.optimizer.step()
+        return loss
 
     def reduce_sums(self, *values: float) -> tuple[float, ...]:
         """Sums over the ranks of each value (epoch loss sums, weights, sample counts)."""

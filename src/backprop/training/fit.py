@@ -513,42 +513,43 @@ def fit(
                 for batch, (xb, yb) in enumerate(loader):
                     if dist is not None:
                         xb, yb = dist.shard(xb, yb, weights[yb] if weighted else None)
-                        if len(xb) == 0:  # a last batch smaller than the number of ranks
-                            dist.empty_step(xb)
-                            history.iterations += 1
-                            history.samples_seen += dist.n_global
-                            continue
+                    n = len(xb)
                     if weighted:
                         wb, yb = weights[yb], y[yb]
                     for cb in batch_hooks:
                         cb.on_train_batch_begin(batch, {})
                     opt.zero_grad()
-                    out = model(Tensor(xb))
-                    n = len(xb)
-                    if weighted:
-                        loss_t, batch_weight = weighted_loss(out, yb, wb)
-                    else:
-                        loss_t, batch_weight = loss_fn(out, yb), n
-                    loss_value = float(loss_t.data)
-                    if not math.isfinite(loss_value):
+                    if n or dist is None:
+                        out = model(Tensor(xb))
+                        if weighted:
+                            loss_t, batch_weight = weighted_loss(out, yb, wb)
+                        else:
+                            loss_t, batch_weight = loss_fn(out, yb), n
+                        loss_value = float(loss_t.data)
+                    else:  # this rank's shard of a last batch smaller than the number of ranks is empty
+                        out, loss_t, batch_weight, loss_value = None, None, 0, 0.0
+                    batch_loss = loss_value
+                    if dist is not None:  # every rank: its share of the batch's gradient and loss, summed
+                        dist.backward(loss_t, xb)
+                        # NOTE: the GLOBAL batch's loss, the same on every rank: they all stop at the same step
+                        batch_loss = dist.allreduce_gradients(loss_value)
+                    size = n if dist is None else dist.n_global
+                    if not math.isfinite(batch_loss):
                         bad = _restore_if_overflowed(model, snapshot)
                         for cb in batch_hooks:
-                            cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
+                            cb.on_train_batch_end(batch, {"loss": batch_loss, "size": size})
                         if not model.stop_training:
-                            err = _diverged(loss_value, epoch, batch, history.iterations, bad)
+                            err = _diverged(batch_loss, epoch, batch, history.iterations, bad)
                             err.history = history
                             raise err
-                        history.terminated_on_nan, nan_loss = True, loss_value
+                        history.terminated_on_nan, nan_loss = True, batch_loss
                         break
                     if dist is None:
                         loss_t.backward()
-                    else:  # this rank's share of the batch's gradient, then their sum over the ranks
-                        dist.backward(loss_t)
-                        dist.allreduce_gradients()
                     if check_finite:
                         bad_grad = _nonfinite_gradient(named_params)
                         if bad_grad is not None:  # stop before the update: the weights stay the last finite ones
-                            err = _diverged_gradient(bad_grad, loss_value, epoch, batch, history.iterations)
+                            err = _diverged_gradient(bad_grad, batch_loss, epoch, batch, history.iterations)
                             err.history = history
                             raise err
                     if clipping:
@@ -560,13 +561,14 @@ def fit(
                     seen += n
                     total_loss += loss_value * batch_weight
                     loss_weight += batch_weight
-                    for m in metric_list:
-                        m.update(out.data, yb)
+                    if n:
+                        for m in metric_list:
+                            m.update(out.data, yb)
                     history.iterations += 1
-                    history.samples_seen += n if dist is None else dist.n_global
-                    progress.step(n, loss_value)
+                    history.samples_seen += size
+                    progress.step(size, batch_loss)
                     for cb in batch_hooks:
-                        cb.on_train_batch_end(batch, {"loss": loss_value, "size": n})
+                        cb.on_train_batch_end(batch, {"loss": batch_loss, "size": size})
                     if model.stop_training:
                         break
                 if dist is not None:
@@ -599,6 +601,8 @@ def fit(
             progress.close()
             if verbose:
                 print("training interrupted: returning the history so far", file=sys.stderr)
+        except TrainingDiverged:
+            raise  # NOTE: decided on the reduced loss and gradients: every rank raises it at the same step
         except Exception as e:
             if dist is not None:  # a failing rank must not leave the others waiting in an Allreduce
                 dist.abort(e)
