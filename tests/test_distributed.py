@@ -436,4 +436,5 @@ def test_loss_not_finite_on_one_rank_stops_every_rank(tmp_path, mode):
             assert f"rank {rank} diverged: the loss became nan at epoch 1, iteration 3 (step 3)" in r.stdout, r.stdout
         else:
             assert f"rank {rank} returned: terminated_on_nan=True iterations=2" in r.stdout, r.stdout
+            assert r.stderr.count("Invalid loss, terminating training") == 1  # TerminateOnNaN speaks on rank 0
         assert f"rank {rank} same weights: True" in r.stdout, r.stdout

@@ -13,7 +13,8 @@ a learning-rate schedule is in use...), ``on_train_batch_end`` ``{"loss": batch 
 ``fit`` calls the batch hooks only of callbacks that define them (class or instance attribute), so
 epoch-level callbacks cost nothing per step. In data-parallel ``fit(..., distributed=True)`` every rank runs
 the callbacks (so that EarlyStopping stops them all together) except those with ``root_only = True``
-(ModelCheckpoint, CSVLogger, ProgressBar, TensorBoard: they write files or print), which run on rank 0 only.
+(ModelCheckpoint, CSVLogger, ProgressBar, TensorBoard: they write files or print), which run on rank 0 only;
+``fit`` sets each callback's ``rank``, and the others print their messages on rank 0 only.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
@@ -48,6 +49,8 @@ class Callback:
     optimizer: Any = None
     #: In data-parallel ``fit(distributed=True)`` only rank 0 runs it (it writes files or prints).
     root_only: bool = False
+    #: This process's MPI rank, set by ``fit(distributed=True)``: the built-in callbacks print on rank 0 only.
+    rank: int = 0
 
     def set_model(self, model: Any) -> None:
         self.model = model
@@ -189,10 +192,10 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        if self.stopped_epoch > 0 and self.verbose:
+        if self.stopped_epoch > 0 and self.verbose and self.rank == 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose:
+            if self.verbose and self.rank == 0:
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.", flush=True)
             self.model.load_state_dict(self.best_weights)
 
@@ -381,7 +384,7 @@ class LearningRateScheduler(Callback):
                              "scheduler=lambda opt: ...")
 
     def _announce(self, epoch: int) -> None:
-        if self.verbose:
+        if self.verbose and self.rank == 0:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {_current_lr(self.optimizer)}.",
                   flush=True)
 
@@ -430,7 +433,8 @@ class TerminateOnNaN(Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            print(f"Batch {batch}: Invalid loss, terminating training", file=sys.stderr, flush=True)
+            if self.rank == 0:
+                print(f"Batch {batch}: Invalid loss, terminating training", file=sys.stderr, flush=True)
             self.model.stop_training = True
 
 

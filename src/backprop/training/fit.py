@@ -442,8 +442,11 @@ def fit(
     if distributed:  # files and printing are rank 0's (ModelCheckpoint, CSVLogger, ProgressBar, TensorBoard...)
         from backprop.distributed import init as _mpi_init
 
-        if _mpi_init(None if distributed is True else distributed).rank != 0:
+        rank = _mpi_init(None if distributed is True else distributed).rank
+        if rank != 0:
             callbacks = [cb for cb in callbacks if not getattr(cb, "root_only", False)]
+        for cb in callbacks:
+            cb.rank = rank
     if scheduler is not None:
         if isinstance(scheduler, type) or (not callable(getattr(scheduler, "step", None)) and callable(scheduler)):
             scheduler = scheduler(opt)
