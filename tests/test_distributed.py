@@ -11,6 +11,7 @@ import sysconfig
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +90,20 @@ print("finished", ctx.rank, flush=True)
 """
 
 
+def _helpers() -> dict:
+    """``data`` and ``model``, the functions the ranks' scripts use, for the single-process reference."""
+    ns: dict = {}
+    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the same source the ranks run
+    return ns
+
+
+def _rank0(tmp_path: Path, source: str, *args: str) -> tuple[Any, subprocess.CompletedProcess]:
+    """Run ``source`` on 2 ranks with ``args`` (rank 0 saves its results to ``tmp_path / "rank0.npz"``): load them."""
+    r = _mpirun(tmp_path, source, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return np.load(tmp_path / "rank0.npz"), r
+
+
 def _mpirun(tmp_path: Path, source: str, *args: str, n: int = 2, timeout: float = 60) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
@@ -104,12 +119,8 @@ def _mpirun(tmp_path: Path, source: str, *args: str, n: int = 2, timeout: float 
     ("lenet", "float32", 72, 16, "sgd", 1e-5),    # last batch 8
 ])
 def test_two_ranks_match_single_process_fit(tmp_path, kind, dtype, n, b, opt, rtol):
-    out = tmp_path / "rank0.npz"
-    r = _mpirun(tmp_path, TRAIN, kind, dtype, str(n), str(b), opt, str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
-    got = np.load(out)
-    ns: dict = {}
-    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
+    got, _ = _rank0(tmp_path, TRAIN, kind, dtype, str(n), str(b), opt, str(tmp_path / "rank0.npz"))
+    ns = _helpers()
     x, y = ns["data"](kind, n, np.dtype(dtype))
     ref = ns["model"](kind, np.dtype(dtype))
     h = bp.fit(ref, x, y, lr=0.01 if opt == "adam" else 0.1, optimizer=opt, batch_size=b, epochs=2, seed=5,
@@ -201,12 +212,8 @@ def test_fit_distributed_true_matches_single_process(tmp_path, weighted):
     The weighted run's sample weights start at 0, so the first shards carry less weight than the others:
     each rank's share of a batch's loss is its weight over the batch's, not its sample count.
     """
-    out = tmp_path / "rank0.npz"
-    r = _mpirun(tmp_path, FIT, str(out), weighted)
-    assert r.returncode == 0, r.stdout + r.stderr
-    got = np.load(out)
-    ns: dict = {}
-    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
+    got, _ = _rank0(tmp_path, FIT, str(tmp_path / "rank0.npz"), weighted)
+    ns = _helpers()
     x, y = ns["data"]("mlp", 249, np.dtype("float64"))
     ref = ns["model"]("mlp", np.dtype("float64"))
     kw = {"class_weight": "balanced", "sample_weight": np.linspace(0.0, 2.0, 249)} if weighted == "weighted" else {}
@@ -323,12 +330,8 @@ def test_sklearn_estimators_distributed(tmp_path, kind):
 
     from backprop.sklearn import MLPClassifier, MLPRegressor
 
-    out = tmp_path / "rank0.npz"
-    r = _mpirun(tmp_path, SKLEARN, str(out), kind)
-    assert r.returncode == 0, r.stdout + r.stderr
-    got = np.load(out)
-    ns: dict = {}
-    exec(compile(COMMON, "common", "exec"), ns)  # noqa: S102 - the helpers the ranks use
+    got, r = _rank0(tmp_path, SKLEARN, str(tmp_path / "rank0.npz"), kind)
+    ns = _helpers()
     x, y = ns["data"]("mlp", 249, np.dtype("float64"))
     if kind == "classifier":
         est = MLPClassifier((16,), batch_size=32, max_iter=4, alpha=0.01, random_state=0)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop.distributed import _mpi  # NOTE: defined before backprop.distributed imports this module
 from backprop.engine.registry import Case, register, sample
 from backprop.engine.tensor import Function, Tensor
 from backprop.nn import normalization
@@ -47,21 +48,14 @@ from backprop.nn.normalization import (
     _array_of,
     _channel_view,
     _check_param,
+    _input_grad,
+    _scale_shift,
     _stat_axes,
     _unpack_affine,
+    _update_running,
 )
 
 __all__ = ["SyncBatchNormTrain", "active_comm", "sync_batch_norm", "sync_batchnorm"]
-
-
-def _mpi() -> Any:
-    """The mpi4py.MPI module, imported (and MPI initialised) only when first needed."""
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise ImportError("synchronised batch norm needs mpi4py and an MPI library: "
-                          "pip install 'backprop[mpi]' (mpi4py and mpich)") from e
-    return MPI
 
 
 def _default_comm(comm: Any) -> Any:
@@ -161,21 +155,10 @@ class SyncBatchNormTrain(Function):
         xhat = x - mean
         inv_std = 1.0 / np.sqrt(var + eps)
         xhat *= inv_std
-        if running_mean is not None:
-            running_mean *= 1.0 - momentum
-            running_mean += momentum * mean.reshape(-1)
-        if running_var is not None:
-            running_var *= 1.0 - momentum
-            running_var += (momentum * n / (n - 1)) * var.reshape(-1)  # unbiased, as in PyTorch
+        _update_running(running_mean, running_var, mean, var, n, momentum)
         self.xhat, self.inv_std, self.n, self.axes, self.comm = xhat, inv_std, n, axes, comm
         self.w, self.has_weight, self.has_bias = w, has_weight, has_bias
-        if w is None:
-            y = xhat.copy() if b is None else xhat + _channel_view(b, x.ndim)
-        else:
-            y = xhat * _channel_view(w, x.ndim)
-            if b is not None:
-                y += _channel_view(b, x.ndim)
-        return y
+        return _scale_shift(xhat, w, b)
 
     def backward(self, g):
         # dx = gamma * inv_std * (G - S1/N - x^ * S2/N), S1 = sum G and S2 = sum G*x^ over all the ranks
@@ -193,11 +176,7 @@ class SyncBatchNormTrain(Function):
             self.comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
             s1 = s[:c].astype(g.dtype).reshape(g_sum.shape)
             s2 = s[c:].astype(g.dtype).reshape(g_sum.shape)
-            scale = self.inv_std if self.w is None else self.inv_std * _channel_view(self.w, g.ndim)
-            gx = xhat * (s2 / n)
-            np.subtract(g, gx, out=gx)
-            gx -= s1 / n
-            gx *= scale
+            gx = _input_grad(g, xhat, s1, s2, n, self.inv_std, self.w)
         rest = _affine_grads(self.needs_grad, self.has_weight, self.has_bias,
                              lambda: gx_sum.reshape(-1), lambda: g_sum.reshape(-1))
         return (gx, *rest) if rest else gx

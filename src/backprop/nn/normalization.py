@@ -115,37 +115,53 @@ class BatchNormTrain(Function):
         var = np.square(xhat).mean(axis=axes, keepdims=True)  # biased: normalises the batch
         inv_std = 1.0 / np.sqrt(var + eps)
         xhat *= inv_std
-        if running_mean is not None:
-            running_mean *= 1.0 - momentum
-            running_mean += momentum * mean.reshape(-1)
-        if running_var is not None:
-            running_var *= 1.0 - momentum
-            running_var += (momentum * n / (n - 1)) * var.reshape(-1)  # unbiased, as in PyTorch
+        _update_running(running_mean, running_var, mean, var, n, momentum)
         self.xhat, self.inv_std, self.n, self.axes = xhat, inv_std, n, axes
         self.w, self.has_weight, self.has_bias = w, has_weight, has_bias
-        if w is None:
-            y = xhat.copy() if b is None else xhat + _channel_view(b, x.ndim)
-        else:
-            y = xhat * _channel_view(w, x.ndim)
-            if b is not None:
-                y += _channel_view(b, x.ndim)
-        return y
+        return _scale_shift(xhat, w, b)
 
     def backward(self, g):
         # dx = gamma * inv_std / n * (n*g - sum(g) - x^ * sum(g*x^)), sums over all but the channel axis
-        xhat, axes, n = self.xhat, self.axes, self.n
+        xhat, axes = self.xhat, self.axes
         g_sum = g.sum(axis=axes, keepdims=True)
         gx_sum = (g * xhat).sum(axis=axes, keepdims=True)
-        gx = None
-        if self.needs_grad[0]:
-            scale = self.inv_std if self.w is None else self.inv_std * _channel_view(self.w, g.ndim)
-            gx = xhat * (gx_sum / n)
-            np.subtract(g, gx, out=gx)
-            gx -= g_sum / n
-            gx *= scale
+        gx = _input_grad(g, xhat, g_sum, gx_sum, self.n, self.inv_std, self.w) if self.needs_grad[0] else None
         rest = _affine_grads(self.needs_grad, self.has_weight, self.has_bias,
                              lambda: gx_sum.reshape(-1), lambda: g_sum.reshape(-1))
         return (gx, *rest) if rest else gx
+
+
+# What training-mode batch norm does once it has the batch's statistics (shared with the synchronised one).
+def _update_running(running_mean: np.ndarray | None, running_var: np.ndarray | None, mean: np.ndarray,
+                    var: np.ndarray, n: int, momentum: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch statistic, in place; the variance unbiased."""
+    if running_mean is not None:
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean.reshape(-1)
+    if running_var is not None:
+        running_var *= 1.0 - momentum
+        running_var += (momentum * n / (n - 1)) * var.reshape(-1)  # unbiased, as in PyTorch
+
+
+def _scale_shift(xhat: np.ndarray, w: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
+    """y = gamma * x^ + beta per channel (either may be absent)."""
+    if w is None:
+        return xhat.copy() if b is None else xhat + _channel_view(b, xhat.ndim)
+    y = xhat * _channel_view(w, xhat.ndim)
+    if b is not None:
+        y += _channel_view(b, xhat.ndim)
+    return y
+
+
+def _input_grad(g: np.ndarray, xhat: np.ndarray, g_sum: np.ndarray, gx_sum: np.ndarray, n: int,
+                inv_std: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """dL/dx = gamma * inv_std * (g - sum(g)/n - x^ * sum(g*x^)/n), the sums over the n values of a channel."""
+    scale = inv_std if w is None else inv_std * _channel_view(w, g.ndim)
+    gx = xhat * (gx_sum / n)
+    np.subtract(g, gx, out=gx)
+    gx -= g_sum / n
+    gx *= scale
+    return gx
 
 
 def _bn_eval_case(label: str, shape: tuple[int, ...], affine: bool) -> Case:
