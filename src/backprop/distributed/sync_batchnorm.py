@@ -45,9 +45,8 @@ from backprop.engine.tensor import Function, Tensor
 from backprop.nn import normalization
 from backprop.nn.normalization import (
     _affine_grads,
-    _array_of,
+    _bn_arguments,
     _channel_view,
-    _check_param,
     _input_grad,
     _scale_shift,
     _stat_axes,
@@ -190,22 +189,12 @@ def sync_batch_norm(input: Tensor, running_mean: Any = None, running_var: Any = 
     ``running_var`` (arrays or Tensors of shape (C,)), when given, are updated in place with the global
     mean and unbiased variance, identically on every rank. Every rank must call it (N may be 0 on some).
     """
-    x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    if x.ndim < 2:
-        raise ValueError(f"sync_batch_norm: expected an input of shape (N, C, *), got shape {x.shape}")
-    c = x.shape[1]
-    rm, rv = _array_of(running_mean, "running_mean"), _array_of(running_var, "running_var")
-    for name, r in (("running_mean", rm), ("running_var", rv)):
-        if r is not None and r.shape != (c,):
-            raise ValueError(f"sync_batch_norm: {name} has shape {r.shape}, expected ({c},) for input of shape "
-                             f"{x.shape}")
-    w, b = _check_param(weight, c, "weight", "sync_batch_norm"), _check_param(bias, c, "bias", "sync_batch_norm")
+    x, rm, rv, params, flags = _bn_arguments("sync_batch_norm", input, running_mean, running_var, weight, bias,
+                                             eps)
     if momentum is None or not isinstance(momentum, numbers.Real):
         raise TypeError(f"sync_batch_norm: momentum must be a number, got {momentum!r}")
-    params = tuple(p for p in (w, b) if p is not None)
-    return SyncBatchNormTrain.apply(x, *params, comm=_default_comm(comm), has_weight=w is not None,
-                                    has_bias=b is not None, eps=eps, running_mean=rm, running_var=rv,
-                                    momentum=float(momentum))
+    return SyncBatchNormTrain.apply(x, *params, comm=_default_comm(comm), running_mean=rm, running_var=rv,
+                                    momentum=float(momentum), **flags)
 
 
 # ----------------------------------------------------------------------------------- the module hook

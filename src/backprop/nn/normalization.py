@@ -230,6 +230,22 @@ def _check_param(p: Any, c: int, what: str, owner: str) -> Tensor | None:
     return p
 
 
+def _bn_arguments(who: str, input: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+                  eps: float) -> tuple[Tensor, np.ndarray | None, np.ndarray | None, tuple[Tensor, ...], dict]:
+    """Checked arguments of a batch norm: (x, running_mean, running_var, affine parents, Function flags)."""
+    x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
+    if x.ndim < 2:
+        raise ValueError(f"{who}: expected an input of shape (N, C, *), got shape {x.shape}")
+    c = x.shape[1]
+    rm, rv = _array_of(running_mean, "running_mean"), _array_of(running_var, "running_var")
+    for name, r in (("running_mean", rm), ("running_var", rv)):
+        if r is not None and r.shape != (c,):
+            raise ValueError(f"{who}: {name} has shape {r.shape}, expected ({c},) for input of shape {x.shape}")
+    w, b = _check_param(weight, c, "weight", who), _check_param(bias, c, "bias", who)
+    params = tuple(p for p in (w, b) if p is not None)
+    return x, rm, rv, params, {"has_weight": w is not None, "has_bias": b is not None, "eps": eps}
+
+
 def batch_norm(input: Tensor, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalisation over axis 1 of (N, C, *), like ``torch.nn.functional.batch_norm``.
@@ -239,19 +255,9 @@ def batch_norm(input: Tensor, running_mean: Any, running_var: Any, weight: Any =
     ``running = (1 - momentum) * running + momentum * batch_stat``, with the unbiased batch variance.
     ``training=False``: normalise with ``running_mean`` and ``running_var``.
     """
-    x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected an input of shape (N, C, *), got shape {x.shape}")
-    c = x.shape[1]
-    rm, rv = _array_of(running_mean, "running_mean"), _array_of(running_var, "running_var")
-    for name, r in (("running_mean", rm), ("running_var", rv)):
-        if r is not None and r.shape != (c,):
-            raise ValueError(f"batch_norm: {name} has shape {r.shape}, expected ({c},) for input of shape {x.shape}")
-    w, b = _check_param(weight, c, "weight", "batch_norm"), _check_param(bias, c, "bias", "batch_norm")
-    params = tuple(p for p in (w, b) if p is not None)
-    flags = {"has_weight": w is not None, "has_bias": b is not None, "eps": eps}
+    x, rm, rv, params, flags = _bn_arguments("batch_norm", input, running_mean, running_var, weight, bias, eps)
     if training:
-        if x.size // c == 1:
+        if x.size // x.shape[1] == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         if momentum is None or not isinstance(momentum, numbers.Real):
             raise TypeError(f"batch_norm: momentum must be a number, got {momentum!r}")
