@@ -238,8 +238,8 @@ def shard_batch(xb: Any, yb: Any, rank: int, size: int, batch_size: int | None =
     """This rank's slice of a GLOBAL batch ``(xb, yb)``.
 
     ``batch_size`` (default ``len(xb)``) is the global batch size B, which must be divisible by ``size``
-    (ValueError otherwise). A smaller batch (the last of an epoch) is split as evenly as possible;
-    :class:`GradientAllreduce` then weights each rank by its sample count. ``yb`` may be None.
+    (ValueError otherwise). A smaller batch (the last of an epoch) is split as evenly as possible (each
+    rank's loss then weighs by its sample count: see :meth:`Trainer.shard`). ``yb`` may be None.
     """
     check_batch_size(len(xb) if batch_size is None else batch_size, size)
     start, stop = shard_bounds(len(xb), rank, size)
@@ -248,12 +248,13 @@ def shard_batch(xb: Any, yb: Any, rank: int, size: int, batch_size: int | None =
 
 # ------------------------------------------------------------------------------------------- allreduce
 class GradientAllreduce:
-    """Average the gradients of ``params`` over the ranks: one ``Allreduce`` per bucket of contiguous memory.
+    """Sum (or average) the gradients of ``params`` over the ranks: one ``Allreduce`` per bucket of contiguous memory.
 
     The parameters are grouped by dtype (float32, float64) into flat preallocated buffers of at most
-    ``bucket_bytes`` each (a larger parameter gets a bucket to itself). A call copies the gradients in,
-    reduces each bucket in place (``MPI.IN_PLACE``, SUM), divides, and copies the result back. All ranks
-    must build it over the same parameters in the same order.
+    ``bucket_bytes`` each (a larger parameter gets a bucket to itself), each with one spare slot at the end
+    for a number that travels with the gradients (the loss). A call copies the gradients in, reduces each
+    bucket in place (``MPI.IN_PLACE``, SUM), scales if asked, and copies the result back. All ranks must
+    build it over the same parameters in the same order. :meth:`sum` is what :class:`Trainer` uses.
     """
 
     def __init__(self, params: Iterable[Any], bucket_bytes: int = DEFAULT_BUCKET_BYTES, comm: Any = None) -> None:
