@@ -516,3 +516,17 @@ def test_manual_seed_reproducible_init():
 def test_manual_seed_rejects_bad_seeds(bad):
     with pytest.raises(ValueError):
         bp.manual_seed(bad)
+
+
+def test_flatten_and_unflatten_take_an_empty_batch():
+    """0 rows (an MPI rank's empty shard): sizes are computed, not left to NumPy's -1, which cannot infer them."""
+    x = bp.tensor(np.zeros((0, 2, 4, 4), dtype=np.float32), requires_grad=True)
+    flat = nn.Flatten()(x)
+    assert flat.shape == (0, 32)
+    assert nn.Unflatten(1, (-1, 4, 4))(flat).shape == (0, 2, 4, 4)
+    flat.sum().backward()
+    assert x.grad.shape == (0, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"size 30, which is not \(-1, 4, 4\)"):
+        nn.Unflatten(1, (-1, 4, 4))(bp.tensor(np.zeros((1, 30))))
+    with pytest.raises(ValueError, match="one may be -1"):
+        nn.Unflatten(1, (-1, -1))

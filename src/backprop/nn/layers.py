@@ -138,17 +138,23 @@ class Unflatten(Module):
     def __init__(self, dim: int, unflattened_size: Any) -> None:
         self.dim = int(dim)
         self.unflattened_size = tuple(int(s) for s in unflattened_size)
-        if not self.unflattened_size or any(s < 1 and s != -1 for s in self.unflattened_size):
-            raise ValueError(f"Unflatten: unflattened_size must be positive sizes, got {unflattened_size!r}")
+        if (not self.unflattened_size or any(s < 1 and s != -1 for s in self.unflattened_size)
+                or self.unflattened_size.count(-1) > 1):
+            raise ValueError(f"Unflatten: unflattened_size must be positive sizes (one may be -1), got "
+                             f"{unflattened_size!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             x = Tensor(x)
         d = self.dim % x.ndim
         n = x.shape[d]
-        if -1 not in self.unflattened_size and int(np.prod(self.unflattened_size)) != n:
+        sizes = self.unflattened_size
+        if -1 in sizes:  # NOTE: inferred here, not by NumPy, which cannot when another axis is 0 (empty batch)
+            known = int(np.prod([s for s in sizes if s != -1]))
+            sizes = tuple(n // known if s == -1 else s for s in sizes)
+        if int(np.prod(sizes)) != n:
             raise ValueError(f"Unflatten: dimension {self.dim} has size {n}, which is not {self.unflattened_size}")
-        return ops.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+        return ops.reshape(x, x.shape[:d] + sizes + x.shape[d + 1:])
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
