@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,3 +87,31 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 def verdict(ok: bool | None) -> str:
     return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+
+
+# ---------------------------------------------------------------------------------- the timed epochs
+def backprop_epoch(bp: Any, model: Any, opt: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """One epoch of the idiomatic backprop loop over (x, y): (seconds, the last batch's loss)."""
+    cross_entropy = bp.nn.functional.cross_entropy
+    t0 = time.perf_counter()
+    loader = bp.DataLoader(x, y, batch_size=batch_size, shuffle=True, seed=0)
+    for xb, yb in loader:
+        opt.zero_grad()
+        loss = cross_entropy(model(bp.Tensor(xb)), yb)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0, float(loss.item())
+
+
+def torch_epoch(torch: Any, model: Any, opt: Any, X: Any, Y: Any, batch_size: int) -> tuple[float, float]:
+    """One epoch of the usual PyTorch loop over tensors (X, Y), shuffled with randperm: (seconds, last loss)."""
+    F = torch.nn.functional
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(X))
+    for start in range(0, len(X), batch_size):
+        idx = perm[start:start + batch_size]
+        opt.zero_grad()
+        loss = F.cross_entropy(model(X[idx]), Y[idx])
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0, float(loss.item())

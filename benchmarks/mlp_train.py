@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
-from _common import _loadavg, _torch, environment_lines, print_table, verdict
+from _common import _loadavg, _torch, backprop_epoch, environment_lines, print_table, torch_epoch, verdict
 
 N_TRAIN, N_FEATURES, N_CLASSES = 60000, 784, 10
 SIZES = (N_FEATURES, 256, 256, N_CLASSES)
@@ -182,17 +182,7 @@ class BackpropLoop(Impl):
         self.opt = bp.optim.SGD(self.model.parameters(), lr=LR)
 
     def epoch(self, n: int) -> float:
-        bp, model, opt = self.bp, self.model, self.opt
-        cross_entropy = bp.nn.functional.cross_entropy
-        t0 = time.perf_counter()
-        loader = bp.DataLoader(self.x[:n], self.y[:n], batch_size=self.batch_size, shuffle=True, seed=0)
-        for xb, yb in loader:
-            opt.zero_grad()
-            loss = cross_entropy(model(bp.Tensor(xb)), yb)
-            loss.backward()
-            opt.step()
-        seconds = time.perf_counter() - t0
-        self.loss = float(loss.item())
+        seconds, self.loss = backprop_epoch(self.bp, self.model, self.opt, self.x[:n], self.y[:n], self.batch_size)
         return seconds
 
 
@@ -226,20 +216,7 @@ class TorchLoop(Impl):
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR)
 
     def epoch(self, n: int) -> float:
-        torch, model, opt, B = self.torch, self.model, self.opt, self.batch_size
-        F = torch.nn.functional
-        X, Y = self.X[:n], self.Y[:n]
-        t0 = time.perf_counter()
-        perm = torch.randperm(n)
-        for start in range(0, n, B):
-            idx = perm[start:start + B]
-            xb, yb = X[idx], Y[idx]
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-        seconds = time.perf_counter() - t0
-        self.loss = float(loss.item())
+        seconds, self.loss = torch_epoch(self.torch, self.model, self.opt, self.X[:n], self.Y[:n], self.batch_size)
         return seconds
 
 
