@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,16 @@ def _torch():
     except ImportError:
         return None
     return torch
+
+
+@contextlib.contextmanager
+def thread_limits(threads: int) -> Iterator[Any]:
+    """NumPy's BLAS (threadpoolctl) and PyTorch's pool on ``threads`` threads; yields torch, or None without it."""
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    with threadpoolctl.threadpool_limits(limits=threads):
+        yield torch
 
 
 def environment_lines(threads: int, fair_command: str) -> list[str]:

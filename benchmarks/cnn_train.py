@@ -47,7 +47,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
-from _common import _loadavg, _torch, backprop_epoch, environment_lines, print_table, torch_epoch, verdict
+from _common import (
+    _loadavg,
+    _torch,
+    backprop_epoch,
+    environment_lines,
+    print_table,
+    thread_limits,
+    torch_epoch,
+    verdict,
+)
 
 N_TRAIN, N_CLASSES, SIDE = 60000, 10, 28
 BATCH, LR = 128, 0.05
@@ -326,12 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_child:
         memory_child(args.memory_child, args.samples, args.threads)
         return 0
-    from threadpoolctl import threadpool_limits
-
-    torch = _torch()
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    with threadpool_limits(limits=args.threads):
+    with thread_limits(args.threads) as torch:
         return _main(args, torch)
 
 

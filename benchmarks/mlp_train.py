@@ -42,7 +42,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
-from _common import _loadavg, _torch, backprop_epoch, environment_lines, print_table, torch_epoch, verdict
+from _common import (
+    _loadavg,
+    _torch,
+    backprop_epoch,
+    environment_lines,
+    print_table,
+    thread_limits,
+    torch_epoch,
+    verdict,
+)
 
 N_TRAIN, N_FEATURES, N_CLASSES = 60000, 784, 10
 SIZES = (N_FEATURES, 256, 256, N_CLASSES)
@@ -460,12 +469,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from threadpoolctl import threadpool_limits
-
-    torch = _torch()
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    with threadpool_limits(limits=args.threads):
+    with thread_limits(args.threads) as torch:
         return _main(args, torch)
 
 
