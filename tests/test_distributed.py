@@ -187,6 +187,10 @@ def test_single_process_helpers():
         p.grad = np.ones_like(p.data)
     red(n_local=5, n_global=5)
     assert all(np.array_equal(p.grad, np.ones_like(p.data)) for p in m.parameters())
+    m[0].bias.grad = None  # no rank has its gradient: it stays None (an optimizer then skips it)
+    calls = red.calls
+    assert red.sum(extra=2.5) == 2.5 and red.calls == calls + len(red.buckets)  # one call per bucket, no other
+    assert m[0].bias.grad is None and np.array_equal(m[0].weight.grad, np.ones_like(m[0].weight.data))
     assert distributed.allreduce_metrics({"loss": 2.0}, weight=3) == {"loss": 2.0}
 
 

@@ -251,10 +251,11 @@ class GradientAllreduce:
     """Sum (or average) the gradients of ``params`` over the ranks: one ``Allreduce`` per bucket of contiguous memory.
 
     The parameters are grouped by dtype (float32, float64) into flat preallocated buffers of at most
-    ``bucket_bytes`` each (a larger parameter gets a bucket to itself), each with one spare slot at the end
-    for a number that travels with the gradients (the loss). A call copies the gradients in, reduces each
-    bucket in place (``MPI.IN_PLACE``, SUM), scales if asked, and copies the result back. All ranks must
-    build it over the same parameters in the same order. :meth:`sum` is what :class:`Trainer` uses.
+    ``bucket_bytes`` each (a larger parameter gets a bucket to itself); the last one also carries a flag per
+    parameter (has this rank a gradient for it?) and one number that travels with the gradients (the loss).
+    A call copies the gradients in, reduces each bucket in place (``MPI.IN_PLACE``, SUM): one collective
+    per bucket and nothing else, scales if asked, and copies the result back. All ranks must build it over
+    the same parameters in the same order. :meth:`sum` is what :class:`Trainer` uses.
     """
 
     def __init__(self, params: Iterable[Any], bucket_bytes: int = DEFAULT_BUCKET_BYTES, comm: Any = None) -> None:
@@ -264,7 +265,7 @@ class GradientAllreduce:
         self.params = [p for p in params if not (id(p) in seen or seen.add(id(p)))]
         if bucket_bytes < 1:
             raise ValueError(f"GradientAllreduce: bucket_bytes must be >= 1, got {bucket_bytes}")
-        self.buckets: list[tuple[np.ndarray, list[tuple[int, int, int]]]] = []  # (buffer, [(param index, start, stop)])
+        groups: list[tuple[np.dtype, list[tuple[int, int, int]], int]] = []  # (dtype, [(param, start, stop)], size)
         for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
             pending: list[tuple[int, int, int]] = []
             offset = 0
@@ -273,24 +274,29 @@ class GradientAllreduce:
                     continue
                 n = p.data.size
                 if pending and (offset + n) * dtype.itemsize > bucket_bytes:
-                    self.buckets.append((np.empty(offset + 1, dtype), pending))  # + a spare slot
+                    groups.append((dtype, pending, offset))
                     pending, offset = [], 0
                 pending.append((i, offset, offset + n))
                 offset += n
             if pending:
-                self.buckets.append((np.empty(offset + 1, dtype), pending))  # + a spare slot
-        if not self.buckets:  # no parameters: a bucket for the spare slot alone
-            self.buckets.append((np.empty(1, np.float64), []))
+                groups.append((dtype, pending, offset))
+        if not groups:  # no parameters: a bucket for the tail alone
+            groups.append((np.dtype(np.float64), [], 0))
+        # NOTE: the last bucket carries a tail that travels in the same Allreduce: one flag per parameter
+        # (1 if this rank has a gradient for it) and one number (the loss), so a step makes no other call
+        tail = len(self.params) + 1
+        self.buckets = [(np.empty(n + (tail if j == len(groups) - 1 else 0), dtype), items, n)
+                        for j, (dtype, items, n) in enumerate(groups)]
+        self._tail = self.buckets[-1][0][self.buckets[-1][2]:]
         other = {str(p.data.dtype) for p in self.params} - {"float32", "float64"}
         if other:
             raise TypeError(f"GradientAllreduce: parameters must be float32 or float64, got {sorted(other)}")
-        self._has = np.zeros(len(self.params), dtype=np.int32)
         self.calls = 0  # Allreduce calls made (for tests and benchmarks)
 
     @property
     def nbytes(self) -> int:
-        """The bytes of gradients reduced per call (the spare slots left out)."""
-        return sum(buf.nbytes - buf.itemsize for buf, _ in self.buckets)
+        """The bytes of gradients reduced per call (the tail left out)."""
+        return sum(n * buf.itemsize for buf, _, n in self.buckets)
 
     def __call__(self, n_local: float | None = None, n_global: float | None = None) -> None:
         """Replace every gradient by the average over the ranks.
@@ -318,35 +324,37 @@ class GradientAllreduce:
     def _reduce(self, pre: float | None = None, post: float | None = None, extra: float = 0.0) -> float:
         """grad <- post * sum_r (pre_r * grad_r), one in-place Allreduce per bucket; returns sum_r extra_r."""
         MPI = _mpi()
-        comm, params = self.comm, self.params
-        for i, p in enumerate(params):
-            self._has[i] = p.grad is not None
-        comm.Allreduce(MPI.IN_PLACE, self._has, op=MPI.MAX)
-        last = self.buckets[-1][0]
-        for buf, items in self.buckets:
-            buf[-1] = extra if buf is last else 0.0  # the spare slot at the end of every bucket
+        params, tail = self.params, self._tail
+        for buf, items, n in self.buckets:
+            grads = buf[:n]
             for i, start, stop in items:
                 g = params[i].grad
                 if g is None:
-                    buf[start:stop] = 0
+                    grads[start:stop] = 0
                 else:
-                    buf[start:stop].reshape(g.shape)[...] = g
+                    grads[start:stop].reshape(g.shape)[...] = g
             if pre is not None and pre != 1.0:
-                buf *= pre
-            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                grads *= pre
+        for i, p in enumerate(params):
+            tail[i] = p.grad is not None
+        tail[-1] = extra
+        for buf, _, _ in self.buckets:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             self.calls += 1
+        for buf, items, n in self.buckets:
+            grads = buf[:n]
             if post is not None and post != 1.0:
-                buf *= post
+                grads *= post
             for i, start, stop in items:
-                if not self._has[i]:
+                if not tail[i]:  # no rank has a gradient for it: it stays without one
                     continue
                 p = params[i]
-                view = buf[start:stop].reshape(p.data.shape)
+                view = grads[start:stop].reshape(p.data.shape)
                 if p.grad is None or p.grad.shape != p.data.shape or not p.grad.flags.writeable:
                     p.grad = view.copy()
                 else:
                     p.grad[...] = view
-        return float(self.buckets[-1][0][-1])
+        return float(tail[-1])
 
 
 # --------------------------------------------------------------------------------------------- metrics
