@@ -1,6 +1,5 @@
 """Tensor semantics: construction, operators, backward, memory, numerical stability, gradcheck itself."""
 
-import math
 import re
 import tracemalloc
 
@@ -544,31 +543,6 @@ class TestStability:
         expected = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
         np.testing.assert_allclose(out.data, expected, rtol=1e-6)
         np.testing.assert_allclose(x.grad, _softmax64(LOGITS), atol=1e-6)
-
-    def test_cross_entropy_huge_logits(self):
-        z = bp.tensor(np.array([[1e8, 0.0], [0.0, 1e8]], dtype=np.float32), requires_grad=True)
-        loss = F.cross_entropy(z, np.array([1, 1]))
-        # sample 0: -log softmax = 1e8, sample 1: 0 -> mean 5e7
-        assert math.isfinite(loss.item())
-        np.testing.assert_allclose(loss.item(), 5e7, rtol=1e-6)
-        loss.backward()
-        np.testing.assert_allclose(z.grad, [[0.5, -0.5], [0.0, 0.0]], atol=1e-7)
-
-    def test_cross_entropy_huge_logits_single_row(self):
-        z = bp.tensor(np.array([[1e8, 0.0]], dtype=np.float32), requires_grad=True)
-        loss = F.cross_entropy(z, np.array([1]))
-        np.testing.assert_allclose(loss.item(), 1e8, rtol=1e-6)
-        loss.backward()
-        np.testing.assert_allclose(z.grad, [[1.0, -1.0]], atol=1e-7)
-
-    def test_bce_with_logits_extremes(self):
-        x = bp.tensor(np.array([1e4, -1e4, 1e4, -1e4], dtype=np.float32), requires_grad=True)
-        y = np.array([1.0, 0.0, 0.0, 1.0], dtype=np.float32)
-        loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-        np.testing.assert_allclose(loss.data, [0.0, 0.0, 1e4, 1e4], rtol=1e-6, atol=1e-6)
-        loss.sum().backward()
-        # d/dx = sigmoid(x) - y
-        np.testing.assert_allclose(x.grad, [0.0, 0.0, 1.0, -1.0], atol=1e-6)
 
 
 # ================================================================================================ float64

@@ -3,6 +3,7 @@
 from backprop.nn import (
     functional,
     init,
+    losses,
     models,
     utils,
 )
@@ -30,5 +31,5 @@ __all__ = [
     "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "Dropout",
     "Embedding", "Flatten", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Module",
     "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "Unflatten", "functional", "init",
-    "models", "utils",
+    "losses", "models", "utils",
 ]
