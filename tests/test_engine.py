@@ -259,6 +259,131 @@ class TestOperators:
         assert not bp.argmin(x, axis=0).requires_grad
 
 
+# ======================================================================================== functional API
+_X = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]]
+# (name, args after x, the same as a Tensor method call): bp.name(x, *args) == method(x)
+FUNCTIONAL = [
+    ("add", (2.0,), lambda t: t + 2.0), ("sub", (2.0,), lambda t: t - 2.0), ("mul", (2.0,), lambda t: t * 2.0),
+    ("div", (2.0,), lambda t: t / 2.0), ("pow", (2.0,), lambda t: t ** 2.0), ("neg", (), lambda t: -t),
+    ("matmul", (np.ones((3, 2)),), lambda t: t @ np.ones((3, 2))),
+    ("maximum", (0.3,), lambda t: t.maximum(0.3)), ("minimum", (0.3,), lambda t: t.minimum(0.3)),
+    ("exp", (), lambda t: t.exp()), ("log", (), lambda t: t.log()), ("sqrt", (), lambda t: t.sqrt()),
+    ("abs", (), lambda t: t.abs()), ("relu", (), lambda t: t.relu()), ("leaky_relu", (0.2,), lambda t: t.leaky_relu(0.2)),
+    ("sigmoid", (), lambda t: t.sigmoid()), ("tanh", (), lambda t: t.tanh()), ("gelu", (), lambda t: t.gelu()),
+    ("gelu", ("tanh",), lambda t: t.gelu("tanh")), ("clip", (-0.5, 1.0), lambda t: t.clip(-0.5, 1.0)),
+    ("softmax", (0,), lambda t: t.softmax(0)), ("log_softmax", (), lambda t: t.log_softmax()),
+    ("logsumexp", (1, True), lambda t: t.logsumexp(1, keepdims=True)), ("sum", (0,), lambda t: t.sum(axis=0)),
+    ("mean", (1, True), lambda t: t.mean(axis=1, keepdims=True)), ("max", (), lambda t: t.max()),
+    ("min", (1,), lambda t: t.min(axis=1)), ("argmax", (1,), lambda t: t.argmax(1)),
+    ("argmin", (), lambda t: t.argmin()), ("reshape", (3, 2), lambda t: t.reshape((3, 2))),
+    ("transpose", (), lambda t: t.T),
+]
+
+
+class TestFunctionalAPI:
+    @pytest.mark.parametrize("name, args, method", FUNCTIONAL, ids=[f[0] + str(i) for i, f in enumerate(FUNCTIONAL)])
+    def test_function_equals_method_and_takes_array_likes(self, name, args, method):
+        fn = getattr(bp, name)
+        data = np.abs(np.array(_X, dtype=np.float32)) if name in ("log", "sqrt") else np.array(_X, dtype=np.float32)
+        x = bp.tensor(data, requires_grad=True)
+        ours, ref = fn(x, *args), method(x)
+        np.testing.assert_array_equal(ours.data, ref.data)
+        assert ours.dtype == ref.dtype and ours.requires_grad == ref.requires_grad
+        np.testing.assert_array_equal(fn(data, *args).data, ref.data)  # an ndarray is lifted to a Tensor
+
+    def test_number_first_operand_takes_the_tensors_dtype(self):
+        t = bp.tensor([1.0, 2.0])
+        for name, expected in [("add", [3.0, 4.0]), ("sub", [1.0, 0.0]), ("mul", [2.0, 4.0]), ("div", [2.0, 1.0]),
+                               ("pow", [2.0, 4.0]), ("maximum", [2.0, 2.0]), ("minimum", [1.0, 2.0])]:
+            out = getattr(bp, name)(2.0, t)
+            assert out.dtype == np.float32, name
+            np.testing.assert_array_equal(out.data, expected, err_msg=name)
+
+    def test_concatenate_stack_where_lift_array_likes(self):
+        a = bp.tensor([[1.0, 2.0]], requires_grad=True)
+        np.testing.assert_array_equal(bp.concatenate([a, np.zeros((1, 2), np.float32)]).data, [[1, 2], [0, 0]])
+        np.testing.assert_array_equal(bp.stack([a, [[3.0, 4.0]]], axis=-1).data, [[[1, 3], [2, 4]]])
+        w = bp.where(bp.tensor([[True, False]]), a, 0.0)
+        np.testing.assert_array_equal(w.data, [[1, 0]])
+        w.sum().backward()
+        np.testing.assert_array_equal(a.grad, [[1, 0]])
+        with pytest.raises(ValueError, match="at least one"):
+            bp.concatenate([])
+        with pytest.raises(ValueError, match="at least one"):
+            bp.stack([])
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="approximate"):
+            bp.gelu([1.0], approximate="erf")
+        with pytest.raises(ValueError, match="approximate"):
+            bp.tensor([1.0]).gelu("erf")
+        with pytest.raises(ValueError, match="at least one of min and max"):
+            bp.clip([1.0])
+        with pytest.raises(ValueError, match="at least one of min and max"):
+            bp.tensor([1.0]).clamp()
+
+    def test_dtype_methods(self):
+        x = bp.tensor([[1.0, 2.0]], requires_grad=True)
+        assert x.float() is x and x.astype(np.float32) is x
+        y = x.double()
+        assert y.dtype == np.float64 and y.requires_grad
+        y.sum().backward()
+        assert x.grad.dtype == np.float32
+        assert x.flatten().shape == (2,) and bp.tensor(np.ones((2, 3, 4))).flatten(1).shape == (2, 12)
+
+
+# ========================================================================================= engine layout
+def _engine_modules():
+    import importlib
+    import pkgutil
+
+    import backprop.engine
+
+    subs = [importlib.import_module(f"backprop.engine.{m.name}") for m in pkgutil.iter_modules(backprop.engine.__path__)]
+    return [backprop.engine, *subs]
+
+
+class TestEngineLayout:
+    def test_tensor_methods_are_defined_in_the_class_body(self):
+        """Every operator and method is a def in tensor.py's Tensor, none attached from outside."""
+        import inspect
+
+        names = ["__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+                 "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__", "__getitem__", "__lt__", "__le__",
+                 "__gt__", "__ge__", "__eq__", "__ne__", "exp", "log", "sqrt", "abs", "relu", "sigmoid", "tanh", "gelu",
+                 "leaky_relu", "softmax", "log_softmax", "logsumexp", "sum", "mean", "max", "min", "reshape",
+                 "transpose", "clip", "clamp", "maximum", "minimum", "matmul", "pow", "argmax", "argmin", "flatten",
+                 "astype", "float", "double"]
+        source = inspect.getsource(bp.Tensor)
+        for name in names:
+            fn = bp.Tensor.__dict__[name]
+            assert fn.__module__ == "backprop.engine.tensor", name
+            assert fn.__qualname__ in (f"Tensor.{name}", "Tensor.clip"), (name, fn.__qualname__)
+            assert f"def {name}(" in source or name == "clamp", name
+        assert bp.Tensor.__dict__["T"].fget.__qualname__ == "Tensor.T"
+
+    def test_no_engine_module_shadows_a_builtin(self):
+        import builtins
+
+        shadowing = {f"{mod.__name__}.{name}" for mod in _engine_modules() for name in vars(mod)
+                     if not name.startswith("__") and hasattr(builtins, name)}
+        assert not shadowing, shadowing
+
+    def test_the_builtin_named_functions_are_public(self):
+        for name in ("sum", "max", "min", "abs", "pow"):
+            assert name in bp.__all__ and callable(getattr(bp, name))
+        assert bp.sum([1.0, 2.0]).item() == 3.0 and bp.pow(2.0, bp.tensor(3.0)).item() == 8.0
+
+    def test_import_loads_no_scipy_special_and_gelu_imports_it_once(self):
+        import subprocess
+        import sys
+
+        code = ("import sys, backprop as bp; before = 'scipy.special' in sys.modules; "
+                "bp.gelu([1.0]); from backprop.engine import ops; print(before, ops._erf is not None)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["False", "True"], out
+
+
 # =============================================================================================== backward
 class TestBackward:
     def test_long_chain_mul(self):

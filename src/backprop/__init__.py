@@ -11,6 +11,14 @@ array([[2., 4.]], dtype=float32)
 from backprop import data, datasets, io, nn, onnx, optim, training
 from backprop.data import DataLoader
 from backprop.engine import *
+
+# NOTE: bp.sum, bp.max, bp.min, bp.abs, bp.pow, as torch.sum...: bound only here, in the re-export hub, so
+# no engine module shadows the builtins (backprop.engine.functional defines them as _sum, _max, ...).
+from backprop.engine.functional import _abs as abs
+from backprop.engine.functional import _max as max
+from backprop.engine.functional import _min as min
+from backprop.engine.functional import _pow as pow
+from backprop.engine.functional import _sum as sum
 from backprop.engine.random import get_rng, manual_seed
 from backprop.training import (
     Callback,

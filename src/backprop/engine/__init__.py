@@ -1,10 +1,24 @@
-"""The autograd engine: Tensor, the primitives, gradcheck."""
+"""The autograd engine: Tensor, the primitives, gradcheck.
+
+The modules, each importing only those before it: :mod:`~backprop.engine.function` (``Function``,
+``no_grad``), :mod:`~backprop.engine.ops` (the primitives), :mod:`~backprop.engine.tensor` (``Tensor``,
+whose operators and methods call the primitives), :mod:`~backprop.engine.functional` (``exp(x)`` and the
+other functions). Importing the engine only defines things: nothing here changes the process (malloc
+tuning is :func:`backprop.engine.memory.tune_malloc`, called when training starts).
+
+NOTE: ``sum``, ``max``, ``min``, ``abs`` and ``pow`` are not exported here, to shadow no builtins in the
+engine; ``backprop/__init__.py`` binds them as ``backprop.sum`` and so on (see
+:mod:`backprop.engine.functional`).
+
+>>> import backprop as bp
+>>> from backprop.engine import Tensor, exp
+>>> isinstance(exp(bp.tensor([0.0])), Tensor)
+True
+"""
 
 from backprop.engine import ops
-from backprop.engine.gradcheck import gradcheck
-from backprop.engine.memory import tune_malloc
-from backprop.engine.ops import (
-    abs,
+from backprop.engine.function import Function, enable_grad, is_grad_enabled, no_grad, unbroadcast
+from backprop.engine.functional import (
     add,
     argmax,
     argmin,
@@ -18,14 +32,11 @@ from backprop.engine.ops import (
     log_softmax,
     logsumexp,
     matmul,
-    max,
     maximum,
     mean,
-    min,
     minimum,
     mul,
     neg,
-    pow,
     relu,
     reshape,
     sigmoid,
@@ -33,23 +44,13 @@ from backprop.engine.ops import (
     sqrt,
     stack,
     sub,
-    sum,
     tanh,
     transpose,
     where,
 )
+from backprop.engine.gradcheck import gradcheck
 from backprop.engine.registry import REGISTRY, register
-from backprop.engine.tensor import (
-    DEFAULT_DTYPE,
-    Function,
-    Tensor,
-    as_tensor,
-    enable_grad,
-    is_grad_enabled,
-    no_grad,
-    tensor,
-    unbroadcast,
-)
+from backprop.engine.tensor import DEFAULT_DTYPE, Tensor, as_tensor, tensor
 from backprop.engine.threads import get_num_threads, set_num_threads
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "REGISTRY",
     "Function",
     "Tensor",
-    "abs",
     "add",
     "argmax",
     "argmin",
@@ -76,16 +76,13 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "matmul",
-    "max",
     "maximum",
     "mean",
-    "min",
     "minimum",
     "mul",
     "neg",
     "no_grad",
     "ops",
-    "pow",
     "register",
     "relu",
     "reshape",
@@ -95,12 +92,9 @@ __all__ = [
     "sqrt",
     "stack",
     "sub",
-    "sum",
     "tanh",
     "tensor",
     "transpose",
     "unbroadcast",
     "where",
 ]
-
-tune_malloc()

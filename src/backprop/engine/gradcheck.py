@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from backprop.engine.tensor import Tensor, enable_grad
+from backprop.engine.function import enable_grad
+from backprop.engine.tensor import Tensor
 
 
 def gradcheck(

@@ -5,13 +5,18 @@ malloc maps every block above its mmap threshold (initially 128 KiB) freshly fro
 free, so each step pays a page fault per few pages it touches: about 3,400 faults per LeNet-5 step at batch
 128, measured to cost a third of the step (7,700 -> 12,000 samples/s without them). glibc raises that
 threshold by itself to the size of any freed mmapped block of up to 32 MiB (the dynamic mmap threshold, see
-mallopt(3)); allocating and freeing one such block triggers that rule once, at import, instead of by chance.
-Afterwards blocks below 32 MiB come from the heap and are reused, and up to 64 MiB of freed heap stays with
-the process (the trim threshold doubles with it).
+mallopt(3)); allocating and freeing one such block triggers that rule once, when training starts, instead of
+by chance. Afterwards blocks below 32 MiB come from the heap and are reused, and up to 64 MiB of freed heap
+stays with the process (the trim threshold doubles with it).
 
-NOTE: this changes the whole process's malloc behaviour (that is the point). Nothing happens on other C
-libraries, where the user fixed the threshold (MALLOC_MMAP_THRESHOLD_ disables the dynamic rule), or with
-BACKPROP_MALLOC_TUNING=0.
+NOTE: this changes the whole process's malloc behaviour (that is the point), so it is not done by importing
+backprop, only by calling :func:`tune_malloc`, which the training loop does when training starts (any
+number of times: it acts once per process). Nothing happens on other C libraries, where the user fixed the
+threshold (MALLOC_MMAP_THRESHOLD_ disables the dynamic rule), or with BACKPROP_MALLOC_TUNING=0.
+
+>>> first = tune_malloc()
+>>> tune_malloc() == first              # idempotent: the second call changes nothing
+True
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 Every class computes ``out = f(inputs)`` in ``forward`` and, in ``backward``, turns dL/d(out) into
 dL/d(input) for each input. Broadcasting is undone in one place, :func:`unbroadcast`. Everything else in
-backprop (mean, losses, layers) is composed from these, so its gradient comes for free.
+backprop (mean, losses, layers) is composed from these, so its gradient comes for free. Each class is
+registered with its test cases (:mod:`backprop.engine.registry`); the Tensor methods in
+:mod:`backprop.engine.tensor` (``x.exp()``, ``a + b``) call ``apply`` on these classes.
 
 >>> import backprop as bp
 >>> x = bp.tensor([0.5, -1.0], requires_grad=True)
->>> bp.exp(x).sum().backward()          # d/dx sum(exp(x)) = exp(x)
+>>> Exp.apply(x).sum().backward()       # d/dx sum(exp(x)) = exp(x)
 >>> bool(np.allclose(x.grad, np.exp(x.data)))
 True
 """
@@ -14,13 +16,13 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from backprop.engine.function import Function, unbroadcast
 from backprop.engine.registry import Case, binary, cases, register, sample, unary
-from backprop.engine.tensor import Function, Tensor, _lift, _lift_all, unbroadcast
 
 Axis = int | tuple[int, ...] | None
 
@@ -85,7 +87,7 @@ class Pow(Function):
         return ga, gb
 
 
-@register(binary(lambda a, b: maximum(a, b), lambda T, a, b: T.maximum(a, b), name="maximum"))
+@register(binary(lambda a, b: a.maximum(b), lambda T, a, b: T.maximum(a, b), name="maximum"))
 class Maximum(Function):
     def forward(self, a, b):
         self.a_shape, self.b_shape = a.shape, b.shape
@@ -99,7 +101,7 @@ class Maximum(Function):
         return ga, gb
 
 
-@register(binary(lambda a, b: minimum(a, b), lambda T, a, b: T.minimum(a, b), name="minimum"))
+@register(binary(lambda a, b: a.minimum(b), lambda T, a, b: T.minimum(a, b), name="minimum"))
 class Minimum(Function):
     def forward(self, a, b):
         self.a_shape, self.b_shape = a.shape, b.shape
@@ -216,7 +218,7 @@ class ReLU(Function):
         return g * (self.out > 0)
 
 
-@register(unary(lambda x: leaky_relu(x, 0.1), lambda T, x: T.nn.functional.leaky_relu(x, 0.1), domain="nonzero",
+@register(unary(lambda x: x.leaky_relu(0.1), lambda T, x: T.nn.functional.leaky_relu(x, 0.1), domain="nonzero",
                 name="leaky_relu"))
 class LeakyReLU(Function):
     def forward(self, x, negative_slope=0.01):
@@ -250,15 +252,28 @@ class Tanh(Function):
         return g * (1 - self.out * self.out)
 
 
-@register(unary(lambda x: gelu(x), lambda T, x: T.nn.functional.gelu(x), name="gelu"))
+# NOTE: scipy.special.erf is imported by the first exact GELU, not with backprop: importing scipy.special
+# takes about 150 ms (as long as the rest of `import backprop`), which every program would pay for one op.
+_erf: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def _import_erf() -> Callable[[np.ndarray], np.ndarray]:
+    """``scipy.special.erf``, imported once and kept in ``_erf``."""
+    global _erf
+    from scipy.special import erf
+
+    _erf = erf
+    return erf
+
+
+@register(unary(lambda x: x.gelu(), lambda T, x: T.nn.functional.gelu(x), name="gelu"))
 class GELU(Function):
     def forward(self, x, approximate="none"):
         self.x, self.approximate = x, approximate
         if approximate == "tanh":
             self.t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))
             return 0.5 * x * (1 + self.t)
-        from scipy.special import erf
-
+        erf = _erf if _erf is not None else _import_erf()
         self.cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
         return x * self.cdf
 
@@ -505,8 +520,9 @@ def _cat_case(label, fn, shapes, torch_fn):
 
 
 @register(cases(
-    _cat_case("concatenate(axis=0)", lambda a, b: concatenate([a, b]), [(2, 3), (1, 3)], lambda T, a, b: T.cat([a, b])),
-    _cat_case("concatenate(axis=1)", lambda a, b, c: concatenate([a, b, c], axis=1), [(2, 1), (2, 3), (2, 2)],
+    _cat_case("concatenate(axis=0)", lambda a, b: Concatenate.apply(a, b), [(2, 3), (1, 3)],
+              lambda T, a, b: T.cat([a, b])),
+    _cat_case("concatenate(axis=1)", lambda a, b, c: Concatenate.apply(a, b, c, axis=1), [(2, 1), (2, 3), (2, 2)],
               lambda T, a, b, c: T.cat([a, b, c], 1)),
 ))
 class Concatenate(Function):
@@ -520,10 +536,10 @@ class Concatenate(Function):
 
 
 @register(cases(
-    _cat_case("stack(axis=0)", lambda a, b: stack([a, b]), [(2, 3), (2, 3)], lambda T, a, b: T.stack([a, b])),
-    _cat_case("stack(axis=-1)", lambda a, b, c: stack([a, b, c], axis=-1), [(3,), (3,), (3,)],
+    _cat_case("stack(axis=0)", lambda a, b: Stack.apply(a, b), [(2, 3), (2, 3)], lambda T, a, b: T.stack([a, b])),
+    _cat_case("stack(axis=-1)", lambda a, b, c: Stack.apply(a, b, c, axis=-1), [(3,), (3,), (3,)],
               lambda T, a, b, c: T.stack([a, b, c], -1)),
-    _cat_case("stack scalars", lambda a, b: stack([a, b]), [(), ()], lambda T, a, b: T.stack([a, b])),
+    _cat_case("stack scalars", lambda a, b: Stack.apply(a, b), [(), ()], lambda T, a, b: T.stack([a, b])),
 ))
 class Stack(Function):
     def forward(self, *xs, axis=0):
@@ -538,9 +554,9 @@ _COND = np.array([[True, False, True], [False, False, True]])
 
 
 @register(cases(
-    Case("where", lambda a, b: where(_COND, a, b), [sample((2, 3)), sample((2, 3), seed=1)],
+    Case("where", lambda a, b: Where.apply(a, b, condition=_COND), [sample((2, 3)), sample((2, 3), seed=1)],
          lambda T, a, b: T.where(T.tensor(_COND), a, b)),
-    Case("where broadcast", lambda a, b: where(_COND, a, b), [sample((1, 3)), sample((), seed=1)],
+    Case("where broadcast", lambda a, b: Where.apply(a, b, condition=_COND), [sample((1, 3)), sample((), seed=1)],
          lambda T, a, b: T.where(T.tensor(_COND), a, b)),
 ))
 class Where(Function):
@@ -553,229 +569,3 @@ class Where(Function):
         ga = unbroadcast(np.where(self.cond, g, zero), self.a_shape) if self.needs_grad[0] else None
         gb = unbroadcast(np.where(self.cond, zero, g), self.b_shape) if self.needs_grad[1] else None
         return ga, gb
-
-
-# ====================================================================== the functional API: backprop.exp(x)
-def _t(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def add(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return Add.apply(a, b)
-
-
-def sub(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return Sub.apply(a, b)
-
-
-def mul(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return Mul.apply(a, b)
-
-
-def div(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return Div.apply(a, b)
-
-
-def pow(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return Pow.apply(a, b)
-
-
-def matmul(a: Any, b: Any) -> Tensor:
-    a, b = _lift_all((a, b))
-    return MatMul.apply(a, b)
-
-
-def maximum(a: Any, b: Any) -> Tensor:
-    """Elementwise maximum with broadcasting (``np.maximum``)."""
-    a, b = _lift_all((a, b))
-    return Maximum.apply(a, b)
-
-
-def minimum(a: Any, b: Any) -> Tensor:
-    """Elementwise minimum with broadcasting (``np.minimum``)."""
-    a, b = _lift_all((a, b))
-    return Minimum.apply(a, b)
-
-
-def neg(x: Any) -> Tensor:
-    return Neg.apply(_t(x))
-
-
-def exp(x: Any) -> Tensor:
-    return Exp.apply(_t(x))
-
-
-def log(x: Any) -> Tensor:
-    return Log.apply(_t(x))
-
-
-def sqrt(x: Any) -> Tensor:
-    return Sqrt.apply(_t(x))
-
-
-def abs(x: Any) -> Tensor:
-    return Abs.apply(_t(x))
-
-
-def relu(x: Any) -> Tensor:
-    return ReLU.apply(_t(x))
-
-
-def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
-    return LeakyReLU.apply(_t(x), negative_slope=negative_slope)
-
-
-def sigmoid(x: Any) -> Tensor:
-    return Sigmoid.apply(_t(x))
-
-
-def tanh(x: Any) -> Tensor:
-    return Tanh.apply(_t(x))
-
-
-def gelu(x: Any, approximate: str = "none") -> Tensor:
-    """Gaussian error linear unit, x * Phi(x) (``approximate="tanh"`` for the tanh formula)."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELU.apply(_t(x), approximate=approximate)
-
-
-def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
-    """Limit values to [min, max]; the gradient is 0 where a value was clipped."""
-    if min is None and max is None:
-        raise ValueError("clip: give at least one of min and max")
-    return Clip.apply(_t(x), lo=min, hi=max)
-
-
-def softmax(x: Any, axis: int = -1) -> Tensor:
-    return Softmax.apply(_t(x), axis=axis)
-
-
-def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    return LogSoftmax.apply(_t(x), axis=axis)
-
-
-def logsumexp(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    return LogSumExp.apply(_t(x), axis=axis, keepdims=keepdims)
-
-
-def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    return Sum.apply(_t(x), axis=axis, keepdims=keepdims)
-
-
-def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """Composed: sum divided by the number of elements reduced."""
-    x = _t(x)
-    s = Sum.apply(x, axis=axis, keepdims=keepdims)
-    n = x.data.size / s.data.size if s.data.size else 1.0  # NOTE: builtins max/sum are shadowed here
-    return s * (1.0 / n)
-
-
-def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    return Max.apply(_t(x), axis=axis, keepdims=keepdims)
-
-
-def min(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    return Min.apply(_t(x), axis=axis, keepdims=keepdims)
-
-
-def reshape(x: Any, *shape: Any) -> Tensor:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    return Reshape.apply(_t(x), shape=shape)
-
-
-def transpose(x: Any, *axes: Any) -> Tensor:
-    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-        axes = tuple(axes[0])
-    return Transpose.apply(_t(x), axes=axes or None)
-
-
-def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis (``np.concatenate``)."""
-    if len(tensors) == 0:
-        raise ValueError("concatenate: need at least one tensor")
-    return Concatenate.apply(*_lift_all(tensors), axis=axis)
-
-
-def stack(tensors: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along a new axis (``np.stack``)."""
-    if len(tensors) == 0:
-        raise ValueError("stack: need at least one tensor")
-    return Stack.apply(*_lift_all(tensors), axis=axis)
-
-
-def where(condition: Any, a: Any, b: Any) -> Tensor:
-    """``a`` where condition is true, else ``b``; the condition itself gets no gradient."""
-    cond = condition.data if isinstance(condition, Tensor) else np.asarray(condition)
-    a, b = _lift_all((a, b))
-    return Where.apply(a, b, condition=cond.astype(bool, copy=False))
-
-
-def argmax(x: Any, axis: int | None = None) -> Tensor:
-    """Index of the maximum (no gradient)."""
-    return Tensor(np.argmax(_t(x).data, axis=axis))
-
-
-def argmin(x: Any, axis: int | None = None) -> Tensor:
-    return Tensor(np.argmin(_t(x).data, axis=axis))
-
-
-# ======================================================================= Tensor methods and operators
-def _getitem(self: Tensor, index: Any) -> Tensor:
-    if isinstance(index, Tensor):
-        index = index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    elif isinstance(index, list):
-        index = np.asarray(index)
-    return GetItem.apply(self, index=index)
-
-
-def _compare(op):
-    def method(self: Tensor, other: Any) -> Tensor:
-        return Tensor(op(self.data, other.data if isinstance(other, Tensor) else other))
-
-    return method
-
-
-def _install_methods() -> None:
-    """Give Tensor its operators and PyTorch-style methods (``x.exp()``, ``x.sum(axis=1)``, ``x @ w``)."""
-    T = Tensor
-    T.__add__ = lambda a, b: Add.apply(a, b if isinstance(b, Tensor) else _lift(b, a))
-    T.__radd__ = lambda a, b: Add.apply(_lift(b, a), a)
-    T.__sub__ = lambda a, b: Sub.apply(a, b if isinstance(b, Tensor) else _lift(b, a))
-    T.__rsub__ = lambda a, b: Sub.apply(_lift(b, a), a)
-    T.__mul__ = lambda a, b: Mul.apply(a, b if isinstance(b, Tensor) else _lift(b, a))
-    T.__rmul__ = lambda a, b: Mul.apply(_lift(b, a), a)
-    T.__truediv__ = lambda a, b: Div.apply(a, b if isinstance(b, Tensor) else _lift(b, a))
-    T.__rtruediv__ = lambda a, b: Div.apply(_lift(b, a), a)
-    T.__pow__ = lambda a, b: Pow.apply(a, _lift(b, a))
-    T.__rpow__ = lambda a, b: Pow.apply(_lift(b, a), a)
-    T.__matmul__ = lambda a, b: MatMul.apply(a, b if isinstance(b, Tensor) else _lift(b, a))
-    T.__rmatmul__ = lambda a, b: MatMul.apply(_lift(b, a), a)
-    T.__neg__ = lambda a: Neg.apply(a)
-    T.__getitem__ = _getitem
-    T.__lt__, T.__le__ = _compare(np.less), _compare(np.less_equal)
-    T.__gt__, T.__ge__ = _compare(np.greater), _compare(np.greater_equal)
-    T.__eq__, T.__ne__ = _compare(np.equal), _compare(np.not_equal)
-    T.exp, T.log, T.sqrt, T.abs = exp, log, sqrt, abs
-    T.relu, T.sigmoid, T.tanh, T.gelu, T.leaky_relu = relu, sigmoid, tanh, gelu, leaky_relu
-    T.softmax, T.log_softmax, T.logsumexp = softmax, log_softmax, logsumexp
-    T.sum, T.mean, T.max, T.min = sum, mean, max, min
-    T.reshape, T.transpose, T.clip, T.clamp = reshape, transpose, clip, clip
-    T.maximum, T.minimum, T.matmul, T.pow = maximum, minimum, matmul, pow
-    T.argmax, T.argmin = argmax, argmin
-    T.T = property(lambda x: Transpose.apply(x, axes=None))
-    T.flatten = lambda x, start_dim=0: reshape(x, x.shape[:start_dim] + (-1,))
-    T.astype = lambda x, dtype: x if x.dtype == dtype else Cast.apply(x, dtype=np.dtype(dtype))
-    T.float = lambda x: T.astype(x, np.float32)
-    T.double = lambda x: T.astype(x, np.float64)
-
-
-_install_methods()

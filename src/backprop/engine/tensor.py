@@ -1,11 +1,13 @@
 """The heart of backprop: a Tensor that remembers how it was made, and walks that record backwards.
 
 Every differentiable operation is a small :class:`Function` with a ``forward`` (NumPy in, NumPy out) and a
-``backward`` (the vector-Jacobian product: the gradient of the output in, one gradient per input out).
-``Function.apply`` runs ``forward`` and, when gradients are wanted, links the output Tensor to the Function
-and the Function to its input Tensors. ``Tensor.backward`` then sorts that graph topologically (iteratively,
-so a chain of 100,000 operations is fine) and applies the chain rule from the output back to the leaves,
-summing with ``+=`` wherever a tensor was used more than once.
+``backward`` (the vector-Jacobian product: the gradient of the output in, one gradient per input out); the
+primitives are in :mod:`backprop.engine.ops`. Each operator and method of :class:`Tensor` below (``a + b``,
+``x.exp()``, ``x.sum(axis=1)``) is a line calling one primitive's ``Function.apply``, which runs ``forward``
+and, when gradients are wanted, links the output Tensor to the Function and the Function to its input
+Tensors. ``Tensor.backward`` then sorts that graph topologically (iteratively, so a chain of 100,000
+operations is fine) and applies the chain rule from the output back to the leaves, summing with ``+=``
+wherever a tensor was used more than once.
 
 >>> import backprop as bp
 >>> x = bp.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -17,134 +19,53 @@ array([2., 4., 6.], dtype=float32)
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from backprop.engine.function import Function, enable_grad, is_grad_enabled, no_grad, unbroadcast
+from backprop.engine.ops import (
+    GELU,
+    Abs,
+    Add,
+    Axis,
+    Cast,
+    Clip,
+    Div,
+    Exp,
+    GetItem,
+    LeakyReLU,
+    Log,
+    LogSoftmax,
+    LogSumExp,
+    MatMul,
+    Max,
+    Maximum,
+    Min,
+    Minimum,
+    Mul,
+    Neg,
+    Pow,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    Softmax,
+    Sqrt,
+    Sub,
+    Sum,
+    Tanh,
+    Transpose,
+)
+
+# NOTE: Function, the grad-mode switches and unbroadcast live in backprop.engine.function (the primitives
+# need them before Tensor exists); they are re-exported here, where the rest of backprop imports them from.
+__all__ = [
+    "DEFAULT_DTYPE", "Function", "Tensor", "as_tensor", "enable_grad", "is_grad_enabled", "no_grad", "tensor",
+    "unbroadcast",
+]
+
 DEFAULT_DTYPE = np.float32
-
-# NOTE: a module global, not a thread-local or an attribute lookup: Function.apply reads it on every op and
-# this is the cheapest read Python offers. `no_grad` flips it.
-_grad_enabled = True
-
-
-def is_grad_enabled() -> bool:
-    """True unless inside a ``no_grad()`` block."""
-    return _grad_enabled
-
-
-class no_grad:
-    """Context manager (and decorator) that records no graph: for evaluation and for weight updates.
-
-    >>> import backprop as bp
-    >>> w = bp.tensor([1.0], requires_grad=True)
-    >>> with bp.no_grad():
-    ...     y = w * 2
-    >>> y.requires_grad
-    False
-    """
-
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev = _grad_enabled
-        _grad_enabled = False
-
-    def __exit__(self, *exc: object) -> None:
-        global _grad_enabled
-        _grad_enabled = self._prev
-
-    def __call__(self, fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with no_grad():
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """The opposite of ``no_grad``: record the graph even inside a ``no_grad`` block."""
-
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev = _grad_enabled
-        _grad_enabled = True
-
-
-def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Undo NumPy broadcasting: sum ``grad`` down to ``shape``.
-
-    If ``x`` of shape (1, 3) was broadcast against (2, 3), every element of ``x`` was used twice, so its
-    gradient is the sum over the broadcast axis. This is the one place every binary op undoes broadcasting.
-
-    >>> unbroadcast(np.ones((2, 3)), (1, 3))
-    array([[2., 2., 2.]])
-    """
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad.reshape(shape)
-
-
-class Function:
-    """One differentiable primitive: ``forward`` on NumPy arrays and its vector-Jacobian product ``backward``.
-
-    Subclasses save what backward needs as attributes of ``self`` in ``forward``. ``backward(grad)``
-    returns one gradient per input (a tuple, or a single array for one input); ``None`` where an input
-    needs no gradient (``self.needs_grad[i]`` is False). It may return the incoming ``grad`` itself or a
-    view of it, but never one freshly made array for two inputs. Register a subclass with
-    ``backprop.engine.registry.register`` so the test suite gradient-checks it automatically.
-
-    >>> class Square(Function):
-    ...     def forward(self, x):
-    ...         self.x = x
-    ...         return x * x
-    ...     def backward(self, grad):
-    ...         return 2 * self.x * grad
-    >>> import backprop as bp
-    >>> x = bp.tensor(3.0, requires_grad=True)
-    >>> Square.apply(x).backward(); x.grad
-    array(6., dtype=float32)
-    """
-
-    parents: tuple[Tensor, ...] | None
-    needs_grad: tuple[bool, ...]
-    retains: bool = False  # set by Tensor.retain_grad on the Function that made that tensor
-
-    def forward(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        raise NotImplementedError
-
-    def backward(self, grad: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *parents: Tensor, **kwargs: Any) -> Tensor:
-        """Run forward on the parents' data; link the result into the graph if any parent needs a gradient."""
-        ctx = cls()
-        out = Tensor.__new__(Tensor)
-        data = ctx.forward(*[p.data for p in parents], **kwargs)
-        # NOTE: NumPy returns scalars (np.float32) from operations on 0-d arrays; keep .data an ndarray
-        out.data = data if type(data) is np.ndarray else np.asarray(data)
-        out.grad = None
-        if _grad_enabled:
-            needs = tuple([p.requires_grad for p in parents])
-            if True in needs:
-                ctx.parents = parents
-                ctx.needs_grad = needs
-                out.requires_grad = True
-                out._ctx = ctx
-                return out
-        out.requires_grad = False
-        out._ctx = None
-        return out
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}>"
 
 
 def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
@@ -184,6 +105,7 @@ class Tensor:
     """
 
     __slots__ = ("__weakref__", "_ctx", "data", "grad", "requires_grad")
+    _result_type: type[Tensor]  # the class of every op's result: Tensor (set below the class)
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__ instead of broadcasting elementwise
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
@@ -251,8 +173,6 @@ class Tensor:
     def __int__(self) -> int:
         return int(self.data)
 
-    __hash__ = object.__hash__  # NOTE: == is elementwise (as in NumPy/PyTorch), so hashing is by identity
-
     # ------------------------------------------------------------------------------------------ utilities
     def numpy(self) -> np.ndarray:
         """The underlying array (shared, not copied)."""
@@ -284,6 +204,197 @@ class Tensor:
         """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep theirs)."""
         if self._ctx is not None:
             self._ctx.retains = True
+
+    # ------------------------------------------------------------------------------ arithmetic operators
+    # NOTE: the other operand may be a Python number or an array; _lift makes it a Tensor (numbers take
+    # self's dtype, so float32 * 2.0 stays float32). Tensors are passed as they are: the common case, fast.
+    def __add__(self, other: Any) -> Tensor:
+        return Add.apply(self, other if isinstance(other, Tensor) else _lift(other, self))
+
+    def __radd__(self, other: Any) -> Tensor:
+        return Add.apply(_lift(other, self), self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return Sub.apply(self, other if isinstance(other, Tensor) else _lift(other, self))
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return Sub.apply(_lift(other, self), self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return Mul.apply(self, other if isinstance(other, Tensor) else _lift(other, self))
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return Mul.apply(_lift(other, self), self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return Div.apply(self, other if isinstance(other, Tensor) else _lift(other, self))
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return Div.apply(_lift(other, self), self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return Pow.apply(self, _lift(other, self))
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return Pow.apply(_lift(other, self), self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return MatMul.apply(self, other if isinstance(other, Tensor) else _lift(other, self))
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return MatMul.apply(_lift(other, self), self)
+
+    def __neg__(self) -> Tensor:
+        return Neg.apply(self)
+
+    def pow(self, exponent: Any) -> Tensor:
+        return Pow.apply(self, _lift(exponent, self))
+
+    def matmul(self, other: Any) -> Tensor:
+        return MatMul.apply(self, _lift(other, self))
+
+    def maximum(self, other: Any) -> Tensor:
+        """Elementwise maximum with broadcasting (``np.maximum``)."""
+        return Maximum.apply(self, _lift(other, self))
+
+    def minimum(self, other: Any) -> Tensor:
+        """Elementwise minimum with broadcasting (``np.minimum``)."""
+        return Minimum.apply(self, _lift(other, self))
+
+    def __getitem__(self, index: Any) -> Tensor:
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        elif isinstance(index, list):
+            index = np.asarray(index)
+        return GetItem.apply(self, index=index)
+
+    # ----------------------------------------------------------------- comparisons (no gradient, elementwise)
+    def __lt__(self, other: Any) -> Tensor:
+        return Tensor(np.less(self.data, _raw(other)))
+
+    def __le__(self, other: Any) -> Tensor:
+        return Tensor(np.less_equal(self.data, _raw(other)))
+
+    def __gt__(self, other: Any) -> Tensor:
+        return Tensor(np.greater(self.data, _raw(other)))
+
+    def __ge__(self, other: Any) -> Tensor:
+        return Tensor(np.greater_equal(self.data, _raw(other)))
+
+    def __eq__(self, other: object) -> Tensor:  # type: ignore[override]
+        return Tensor(np.equal(self.data, _raw(other)))
+
+    def __ne__(self, other: object) -> Tensor:  # type: ignore[override]
+        return Tensor(np.not_equal(self.data, _raw(other)))
+
+    __hash__ = object.__hash__  # NOTE: == is elementwise (as in NumPy/PyTorch), so hashing is by identity
+
+    # ---------------------------------------------------------------------------------------- elementwise
+    def exp(self) -> Tensor:
+        return Exp.apply(self)
+
+    def log(self) -> Tensor:
+        return Log.apply(self)
+
+    def sqrt(self) -> Tensor:
+        return Sqrt.apply(self)
+
+    def abs(self) -> Tensor:
+        return Abs.apply(self)
+
+    def relu(self) -> Tensor:
+        return ReLU.apply(self)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
+        return LeakyReLU.apply(self, negative_slope=negative_slope)
+
+    def sigmoid(self) -> Tensor:
+        return Sigmoid.apply(self)
+
+    def tanh(self) -> Tensor:
+        return Tanh.apply(self)
+
+    def gelu(self, approximate: str = "none") -> Tensor:
+        """Gaussian error linear unit, x * Phi(x) (``approximate="tanh"`` for the tanh formula)."""
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return GELU.apply(self, approximate=approximate)
+
+    def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Limit values to [min, max]; the gradient is 0 where a value was clipped."""
+        # NOTE: the parameters are named min and max as in NumPy's clip and torch.clamp (callers pass them by
+        # keyword); the builtins they hide are not needed in this body.
+        if min is None and max is None:
+            raise ValueError("clip: give at least one of min and max")
+        return Clip.apply(self, lo=min, hi=max)
+
+    clamp = clip  # PyTorch's name
+
+    # ------------------------------------------------------------------------- softmax family (stable)
+    def softmax(self, axis: int = -1) -> Tensor:
+        return Softmax.apply(self, axis=axis)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        return LogSoftmax.apply(self, axis=axis)
+
+    def logsumexp(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+
+    # ----------------------------------------------------------------------------------------- reductions
+    def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Composed: sum divided by the number of elements reduced."""
+        s = Sum.apply(self, axis=axis, keepdims=keepdims)
+        n = self.data.size / s.data.size if s.data.size else 1.0
+        return s * (1.0 / n)
+
+    def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return Min.apply(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        """Index of the maximum (no gradient)."""
+        return Tensor(np.argmax(self.data, axis=axis))
+
+    def argmin(self, axis: int | None = None) -> Tensor:
+        """Index of the minimum (no gradient)."""
+        return Tensor(np.argmin(self.data, axis=axis))
+
+    # ---------------------------------------------------------------------------------- shape and dtype
+    def reshape(self, *shape: Any) -> Tensor:
+        """``x.reshape(2, 3)`` or ``x.reshape((2, 3))``; -1 infers one size."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return Reshape.apply(self, shape=shape)
+
+    def flatten(self, start_dim: int = 0) -> Tensor:
+        return Reshape.apply(self, shape=self.data.shape[:start_dim] + (-1,))
+
+    def transpose(self, *axes: Any) -> Tensor:
+        """Reverse the axes, or permute them: ``x.transpose(1, 2, 0)`` or ``x.transpose((1, 2, 0))``."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return Transpose.apply(self, axes=axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        return Transpose.apply(self, axes=None)
+
+    def astype(self, dtype: Any) -> Tensor:
+        """This tensor in ``dtype`` (itself if it has that dtype already); the gradient is cast back."""
+        return self if self.data.dtype == dtype else Cast.apply(self, dtype=np.dtype(dtype))
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
 
     # ------------------------------------------------------------------------------------------- backward
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
@@ -335,6 +446,13 @@ class Tensor:
                     grads[key] = pg if old is None else old + pg
             if not retain_graph:
                 _release(ctx)
+
+
+# NOTE: Function.apply makes each result with object.__new__(first_input._result_type): function.py cannot
+# import this module (which imports the primitives, which import function.py). Set here, after the class, as
+# the class cannot name itself in its body; a Parameter (a Tensor subclass) inherits it, so its results are
+# plain Tensors, as in PyTorch.
+Tensor._result_type = Tensor
 
 
 def _accumulate_leaf(leaf: Tensor, g: np.ndarray, incoming: np.ndarray | None) -> None:
@@ -422,6 +540,11 @@ def _lift(x: Any, like: Tensor) -> Tensor:
     if isinstance(x, (int, float, bool)) and like.data.dtype.kind == "f":
         return Tensor(np.asarray(x, dtype=like.data.dtype))
     return Tensor(x)
+
+
+def _raw(x: Any) -> Any:
+    """The other operand of a comparison: a Tensor's array, anything else as it is."""
+    return x.data if isinstance(x, Tensor) else x
 
 
 def _lift_all(xs: Sequence[Any]) -> list[Tensor]:

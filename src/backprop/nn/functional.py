@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from backprop.engine.blas import linear_forward, weight_grad
-from backprop.engine.ops import (
+from backprop.engine.functional import (
     gelu,
     leaky_relu,
     log_softmax,

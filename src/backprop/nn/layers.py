@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from backprop.engine import ops
+from backprop.engine.functional import reshape
 from backprop.engine.tensor import DEFAULT_DTYPE, Tensor
 from backprop.nn import functional as F
 from backprop.nn import init
@@ -73,7 +74,7 @@ class LeakyReLU(Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.leaky_relu(x, self.negative_slope)
+        return F.leaky_relu(x, self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -96,7 +97,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.gelu(x, self.approximate)
+        return F.gelu(x, self.approximate)
 
 
 class Softmax(Module):
@@ -104,7 +105,7 @@ class Softmax(Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.softmax(x, self.dim)
+        return F.softmax(x, self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -115,7 +116,7 @@ class LogSoftmax(Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.log_softmax(x, self.dim)
+        return F.log_softmax(x, self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -129,7 +130,7 @@ class Flatten(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # NOTE: the size, not -1: NumPy cannot infer -1 for an empty batch (0 rows on some MPI rank)
-        return ops.reshape(x, x.shape[: self.start_dim] + (int(np.prod(x.shape[self.start_dim:])),))
+        return reshape(x, x.shape[: self.start_dim] + (int(np.prod(x.shape[self.start_dim:])),))
 
 
 class Unflatten(Module):
@@ -154,7 +155,7 @@ class Unflatten(Module):
             sizes = tuple(n // known if s == -1 else s for s in sizes)
         if int(np.prod(sizes)) != n:
             raise ValueError(f"Unflatten: dimension {self.dim} has size {n}, which is not {self.unflattened_size}")
-        return ops.reshape(x, x.shape[:d] + sizes + x.shape[d + 1:])
+        return reshape(x, x.shape[:d] + sizes + x.shape[d + 1:])
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
