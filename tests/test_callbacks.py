@@ -450,7 +450,7 @@ def test_hooks_on_interrupt_and_divergence_end_with_train_end():
 
 
 def test_epoch_callbacks_get_no_batch_calls():
-    from backprop.training.fit import _overrides
+    from backprop.training.loop import _overrides
 
     assert not _overrides(EarlyStopping(), "on_train_batch_end")
     assert not _overrides(LearningRateScheduler(lambda e, lr: lr), "on_train_batch_end")

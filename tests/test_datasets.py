@@ -546,9 +546,13 @@ def test_dataset_checks_lengths():
         Dataset(np.zeros((3, 2)), np.zeros(2), np.zeros((1, 2)), np.zeros(1), np.arange(2), "bad")
 
 
-def test_backprop_datasets_reexports():
-    import backprop.datasets as public
+def test_backprop_datasets_is_the_one_datasets_module():
+    """``bp.datasets`` is ``backprop.data.datasets`` itself (one entry point, no re-exporting copy)."""
+    import backprop as bp
     from backprop import data
+
+    public = bp.datasets
+    assert public is data.datasets
 
     assert public.load_mnist is load_mnist and public.load_dataset is load_dataset
     assert data.load_csv is load_csv and data.read_idx is read_idx

@@ -1,15 +1,17 @@
 """backprop: neural networks that learn by backpropagation, on NumPy.
 
+The layers, each importing only from those before it: ``engine`` (Tensor, the primitives, autograd),
+``nn``, ``optim``, ``data``, ``training`` (the one loop, ``fit``), ``io``, then ``distributed``, ``onnx``,
+``sklearn`` and ``viz``; this module re-exports the public names, and ``cli`` builds on it.
+
 >>> import backprop as bp
 >>> x = bp.tensor([[1.0, 2.0]], requires_grad=True)
->>> loss = (x ** 2).sum()
->>> loss.backward()
->>> x.grad
-array([[2., 4.]], dtype=float32)
+>>> (x ** 2).sum().item()
+5.0
 """
 
-from backprop import data, datasets, io, nn, onnx, optim, training
-from backprop.data import DataLoader
+from backprop import data, distributed, io, nn, onnx, optim, training
+from backprop.data import DataLoader, datasets
 from backprop.engine import *
 
 # NOTE: bp.sum, bp.max, bp.min, bp.abs, bp.pow, as torch.sum...: bound only here, in the re-export hub, so
@@ -38,6 +40,6 @@ __all__ = [  # noqa: RUF022 - the engine's names first, then the rest
     "ops", "pow", "register", "relu", "reshape", "set_num_threads", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
     "tensor", "transpose", "unbroadcast", "where",
     "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
-    "data", "datasets", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "onnx", "optim", "predict",
+    "data", "datasets", "distributed", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "onnx", "optim", "predict",
     "training",
 ]

@@ -70,12 +70,17 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from backprop import optim
 from backprop.data.loader import DataLoader
+from backprop.distributed import DataParallelStep
+from backprop.distributed import init as mpi_init
 from backprop.engine.random import get_rng
 from backprop.engine.tensor import Tensor, no_grad
 from backprop.nn import functional as F
 from backprop.nn import init
 from backprop.nn.layers import GELU, Dropout, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from backprop.nn.losses import per_sample_loss, weighted_loss
 from backprop.nn.module import Module, Sequential
+from backprop.training.callbacks import Callback
+from backprop.training.loop import Batch, Batches, CallbackList, Loop, Step
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -361,9 +366,11 @@ class _BaseMLP(BaseEstimator):
         return X_tr, Y_tr, sw_tr, X_val, y_val, sw_val
 
     def _fit_stochastic(self, X: Any, Y: np.ndarray, sw: np.ndarray, y: np.ndarray, incremental: bool) -> None:
+        """Epochs of the one training loop (:mod:`backprop.training.loop`) with scikit-learn's step and rules."""
         early_stopping = self.early_stopping
+        validation = None
         if early_stopping:
-            X, Y, sw, X_val, y_val, sw_val = self._split(X, Y, sw, y)
+            X, Y, sw, *validation = self._split(X, Y, sw, y)
             if self.validation_scores_ is None:  # early_stopping switched on for a warm start
                 self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
         elif self.best_loss_ is None:
@@ -376,95 +383,27 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
                               stacklevel=4)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        dtype = self.model_.dtype
         # NOTE: the loader draws batches of sample indices with the estimator's generator, which continues
-        # from one fit or partial_fit call to the next
-        loader = DataLoader(np.arange(n_samples), batch_size=batch_size, shuffle=self.shuffle,
-                            seed=self._shuffle_rng)
-        opt = self.optimizer_
-        half_alpha = 0.5 * float(self.alpha)
-        dist = None
+        # from one fit or partial_fit call to the next; a batch of zero-weight samples teaches nothing
+        loader = DataLoader(np.arange(n_samples), batch_size=batch_size, shuffle=self.shuffle, seed=self._shuffle_rng)
+        data = Batches(X, Y, sw, loader, keep=lambda idx: float(sw[idx].sum()) > 0.0)
+        step: Any = _EstimatorStep(self)
         if self.distributed:  # data-parallel: each rank a shard of every batch (backprop.distributed)
-            from backprop.distributed import Trainer
-
-            dist = Trainer(self.model_, opt, batch_size, comm=self._trainer_comm())
-            dist.broadcast()
-        self._speaks = dist is None or dist.is_root  # only rank 0 prints and warns
-        verbose = bool(self.verbose) and self._speaks
-
+            step = DataParallelStep(step, batch_size, comm=self._trainer_comm())
+            step.trainer.broadcast()  # NOTE: no seed_ranks: each rank already has its own dropout generator
+        self._speaks = step.is_root  # only rank 0 prints and warns
         self.n_iter_ = 0
-        try:
-            for _ in range(self.max_iter):
-                self.model_.train()
-                accumulated = 0.0
-                for idx in loader:
-                    wb = sw[idx]
-                    w_sum = float(wb.sum())
-                    if w_sum <= 0.0:
-                        continue  # a batch of zero-weight samples teaches nothing
-                    n_batch, share = len(idx), 1.0
-                    if dist is not None:
-                        idx, _ = dist.shard(idx, None, wb)
-                        wb, share = sw[idx], dist.share
-                        if share <= 0.0:  # no rows, or only zero-weight ones, on this rank
-                            dist.empty_step()
-                            continue
-                    w_local = float(wb.sum())
-                    opt.zero_grad()
-                    out = self._forward(_rows(X, idx, dtype), training=True)
-                    per_sample = self._per_sample_loss(out, Y[idx])
-                    loss = (per_sample * Tensor(wb.astype(dtype))).sum() * (1.0 / w_local)
-                    if half_alpha:  # NOTE: over the GLOBAL batch's weight: the ranks' shares sum it to once
-                        loss = loss + self._penalty() * (half_alpha / w_sum)
-                    if dist is None:
-                        loss.backward()
-                    else:
-                        dist.backward(loss)
-                        dist.allreduce_gradients()
-                    opt.step()
-                    accumulated += float(loss.data) * share * n_batch
-                if dist is not None:
-                    (accumulated,) = dist.reduce_sums(accumulated)
-                self.model_.eval()
-                self.n_iter_ += 1
-                self.t_ += n_samples
-                self.loss_curve_.append(accumulated / n_samples)
-                if verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {self.loss_curve_[-1]:.8f}")
-                if early_stopping:
-                    self._update_validation(X_val, y_val, sw_val)
-                else:
-                    self._update_loss()
-                if self.optimizer is None and self.solver == "sgd" and self.learning_rate == "invscaling":
-                    self._set_lr(float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
-                if self._no_improvement_count > self.n_iter_no_change:
-                    what = "Validation score" if early_stopping else "Training loss"
-                    msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
-                           "consecutive epochs.")
-                    if self._trigger_stopping(msg):
-                        break
-                    self._no_improvement_count = 0
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter and self._speaks:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                                  "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
-        except KeyboardInterrupt:
+        rules = _EpochRules(self, n_samples, validation, incremental)
+        callbacks = CallbackList([rules], model=self.model_, optimizer=self.optimizer_)
+        history = Loop(step, data, epochs=1 if incremental else self.max_iter, callbacks=callbacks).run()
+        if history.interrupted:
             warnings.warn("Training interrupted by user.", stacklevel=4)
-        except Exception as e:
-            if dist is not None:  # a failing rank must not leave the others waiting in an Allreduce
-                dist.abort(e)
-            raise
-        finally:
-            self.model_.eval()
         if early_stopping:
             self.model_.load_state_dict(self._best_state)
 
     def _trainer_comm(self) -> Any:
         """MPI.COMM_WORLD, for ``distributed=True`` (a clear ImportError without the mpi extra)."""
-        from backprop.distributed import init
-
-        return init().comm
+        return mpi_init().comm
 
     def _update_loss(self) -> None:
         """scikit-learn's rule: an epoch improves when its loss is below the best loss minus tol."""
@@ -591,9 +530,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return len(self.classes_) if Y.ndim == 1 else Y.shape[1]
 
     def _per_sample_loss(self, out: Tensor, target: np.ndarray) -> Tensor:
-        if target.ndim == 1:
-            return F.cross_entropy(out, target, reduction="none")
-        return F.binary_cross_entropy_with_logits(out, target.astype(out.dtype), reduction="none").sum(axis=1)
+        """scikit-learn's log loss from logits: softmax cross-entropy, or logistic summed over the labels."""
+        return per_sample_loss("log_loss" if target.ndim == 1 else "binary_log_loss")(out, target)
 
     # ------------------------------------------------------------------------------------------- API
     def fit(self, X, y, sample_weight=None):
@@ -702,13 +640,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return Y.shape[1]
 
     def _per_sample_loss(self, out: Tensor, target: np.ndarray) -> Tensor:
-        y = target.astype(out.dtype)
-        if self.loss == "poisson":
-            # half the Poisson deviance with a log link: exp(z) - y z, plus y log y - y (constant in z)
-            const = np.where(y > 0, y * np.log(np.where(y > 0, y, 1)), 0) - y
-            return (out.exp() - out * Tensor(y) + Tensor(const)).mean(axis=1)
-        d = out - Tensor(y)
-        return (d * d).mean(axis=1) * 0.5
+        """Half the squared error, or half the Poisson deviance with a log link, averaged over the outputs."""
+        return per_sample_loss(self.loss)(out, target)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the network to X and y for up to ``max_iter`` epochs (continuing from the last fit with
@@ -728,3 +661,66 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         """The predicted targets: (n_samples,) when fitted on 1-d y, else (n_samples, n_outputs)."""
         return self._predict(self._validated_X(X))
+
+
+# ------------------------------------------------------------------------- the step and the epoch rules
+class _EstimatorStep(Step):
+    """scikit-learn's training step: dropout from the estimator's own generator, the batch's sample weights,
+    and the L2 penalty ``alpha / 2 * ||W||^2`` over the WHOLE batch's weight (data-parallel ranks each add it,
+    scaled by their share, so it counts once). A non-finite loss still updates, as in scikit-learn, which
+    reports non-finite weights once training ends."""
+
+    skip_nonfinite = False
+
+    def __init__(self, estimator: _BaseMLP) -> None:
+        super().__init__(estimator.model_, estimator.optimizer_, None, check_finite=False)
+        self.estimator = estimator
+        self.half_alpha = 0.5 * float(estimator.alpha)
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        est = self.estimator
+        out = est._forward(_rows(batch.x, slice(None), self.model.dtype), training=True)
+        loss, _ = weighted_loss(est._per_sample_loss(out, batch.y), batch.w)
+        if self.half_alpha:
+            loss = loss + est._penalty() * (self.half_alpha / batch.total)
+        return out, loss
+
+    def epoch_weight(self, batch: Batch) -> float:
+        return float(batch.n)  # loss_curve_: the batches' losses weighted by their sizes, as scikit-learn
+
+
+class _EpochRules(Callback):
+    """scikit-learn's end of an epoch: ``loss_curve_``, validation scores, the adaptive and invscaling
+    learning rates, stopping after ``n_iter_no_change`` epochs without improvement, and the
+    ConvergenceWarning when ``max_iter`` runs out."""
+
+    def __init__(self, estimator: _BaseMLP, n_samples: int, validation: list[Any] | None, incremental: bool) -> None:
+        self.est, self.n_samples, self.validation, self.incremental = estimator, n_samples, validation, incremental
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        est = self.est
+        est.model_.eval()
+        est.n_iter_ += 1
+        est.t_ += self.n_samples
+        est.loss_curve_.append(float((logs or {})["loss"]))
+        if est.verbose and est._speaks:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_curve_[-1]:.8f}")
+        if self.validation is not None:
+            est._update_validation(*self.validation)
+        else:
+            est._update_loss()
+        if est.optimizer is None and est.solver == "sgd" and est.learning_rate == "invscaling":
+            est._set_lr(float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t)
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if self.validation is not None else "Training loss"
+            msg = (f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
+                   "consecutive epochs.")
+            if est._trigger_stopping(msg):
+                self.model.stop_training = True
+                return
+            est._no_improvement_count = 0
+        if not self.incremental and est.n_iter_ == est.max_iter and est._speaks:
+            # NOTE: stacklevel 8 points at the user's fit(): here <- CallbackList <- Loop (2) <- _fit_stochastic
+            # <- _fit <- fit
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=8)

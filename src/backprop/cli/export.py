@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from backprop.cli.options import any_int
+from backprop import io as bio
+from backprop import onnx as bonnx
+from backprop.cli.options import CLIError, any_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,31 +38,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _cli_error(message: str) -> Exception:
-    from backprop.cli.main import CLIError  # NOTE: not at the top: main.py imports this module
-
-    return CLIError(message)
-
-
 def _n_features(meta: dict[str, Any], path: str) -> int:
     n = meta.get("n_features")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         return n
-    raise _cli_error(f"{path} has no n_features in its metadata (was it written by 'backprop train'?); "
+    raise CLIError(f"{path} has no n_features in its metadata (was it written by 'backprop train'?); "
                      f"export it from Python with backprop.onnx.export(model, path, example_input)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from backprop import io as bio
 
     if not os.path.exists(args.model):
-        raise _cli_error(f"model file {args.model} does not exist")
+        raise CLIError(f"model file {args.model} does not exist")
     try:
-        from backprop import onnx as bonnx
 
         bonnx._need_onnx()
     except ImportError as e:
-        raise _cli_error(f"backprop export needs the onnx package: pip install onnx onnxruntime ({e})") from None
+        raise CLIError(f"backprop export needs the onnx package: pip install onnx onnxruntime ({e})") from None
     model = bio.load(args.model)
     meta = bio.load_metadata(args.model) or {}
     n_features = _n_features(meta, args.model)
@@ -68,7 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     example = np.random.default_rng(0).random((1, n_features)).astype(dtype)
     out_dir = os.path.dirname(os.path.abspath(args.onnx))
     if not os.path.isdir(out_dir):
-        raise _cli_error(f"cannot write {args.onnx}: folder {out_dir} does not exist")
+        raise CLIError(f"cannot write {args.onnx}: folder {out_dir} does not exist")
     proto = bonnx.export(model, args.onnx, example, opset=args.opset)
     out_shape = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
     print(f"wrote {args.onnx}: ONNX opset {args.opset}, input 'input' (batch, {n_features}) {dtype}, "

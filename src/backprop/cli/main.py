@@ -28,8 +28,12 @@ from typing import Any
 
 import numpy as np
 
+import backprop as bp
+from backprop import __version__, distributed
+from backprop import io as bio
 from backprop.cli import export, trace
 from backprop.cli.options import (
+    CLIError,
     fraction,
     layer_sizes,
     non_negative_float,
@@ -37,7 +41,13 @@ from backprop.cli.options import (
     positive_float,
     positive_int,
 )
+from backprop.data import load_dataset
 from backprop.data.datasets import _is_number
+from backprop.io import TrainingCheckpoint, atomic_write
+from backprop.nn import models
+from backprop.optim import lr_scheduler as S
+from backprop.training import callbacks as cb
+from backprop.training import metrics as M
 from backprop.training.callbacks import Callback
 
 EXIT_USAGE = 2
@@ -49,10 +59,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle", "plateau")
 DEFAULT_EPOCHS = 100
 CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-class CLIError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2."""
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -139,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from backprop import __version__
 
     return __version__
 
@@ -147,7 +152,6 @@ def _version() -> str:
 # ------------------------------------------------------------------------------------------------ train
 def build_model(args: argparse.Namespace, n_features: int, n_classes: int):
     """The network asked for on the command line (see ``backprop.nn.models``)."""
-    from backprop.nn import models
 
     dropout = args.dropout if args.dropout is not None else (0.25 if args.model == "cnn" else 0.0)
     if args.model == "mlp":
@@ -156,7 +160,6 @@ def build_model(args: argparse.Namespace, n_features: int, n_classes: int):
 
 
 def build_optimizer(args: argparse.Namespace, params: list):
-    import backprop as bp
 
     kw: dict[str, Any] = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.optimizer in ("sgd", "rmsprop"):
@@ -166,7 +169,6 @@ def build_optimizer(args: argparse.Namespace, params: list):
 
 def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) -> tuple[Any, str]:
     """The learning-rate schedule and whether it steps per "epoch" or per "step" (iteration)."""
-    from backprop.optim import lr_scheduler as S
 
     epochs = max(DEFAULT_EPOCHS if args.epochs is None else args.epochs, 1)
     if args.scheduler == "onecycle":
@@ -194,7 +196,6 @@ def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) ->
 
 
 def _load_data(args: argparse.Namespace):
-    from backprop.data import load_dataset
 
     kw: dict[str, Any] = {}
     if args.label_column is not None:
@@ -224,8 +225,6 @@ def _out_dir(out: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import backprop as bp
-    from backprop.training import callbacks as cb
 
     world = _mpi_world_size()
     if args.workers > 1 and world == 1:
@@ -237,7 +236,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("--label-smoothing applies to --loss cross_entropy only")
     root = True
     if world > 1:  # started by mpiexec: data-parallel over the ranks; rank 0 alone prints and writes files
-        from backprop import distributed
 
         if args.batch_size % world:
             raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
@@ -291,7 +289,6 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{steps} iterations per epoch, {args.epochs} epochs"
               + (f", {validation_split:.0%} held out for validation" if validation_split else ""))
 
-    from backprop.io import TrainingCheckpoint
 
     saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume", "workers")}
     saved_args["out"] = str(out_dir)
@@ -323,7 +320,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(ds.x_test) and diverged is None:
         final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
 
-    from backprop import io as bio
 
     meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
             "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
@@ -435,9 +431,7 @@ def _launch_workers(n: int) -> int:
         for t in pumps:
             t.join()
         if code != 0 and table_file.exists():
-            from backprop.distributed import explain_failure
-
-            why = explain_failure(tails[0].text() + tails[1].text(), json.loads(table_file.read_text()))
+            why = distributed.explain_failure(tails[0].text() + tails[1].text(), json.loads(table_file.read_text()))
             if why is not None:
                 print(f"backprop: {why}", file=sys.stderr, flush=True)
     return code
@@ -472,7 +466,6 @@ _RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir", "workers")  # 
 
 def _resume_args(args: argparse.Namespace) -> Any:
     """``--resume RUN_DIR``: load the run's checkpoint, put its saved options into ``args``; the Checkpoint."""
-    from backprop import io as bio
 
     run_dir = Path(args.resume)
     path = run_dir / CHECKPOINT_FILE
@@ -522,7 +515,6 @@ def _resume_args(args: argparse.Namespace) -> Any:
 
 
 def _write_metrics_csv(history: Any, path: Path) -> None:
-    from backprop.io import atomic_write
 
     keys = list(history.history)
     with atomic_write(path, "w", newline="") as f:
@@ -539,7 +531,6 @@ def _plot(history: Any, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from backprop.io import atomic_write
 
     h = history.history
     epochs = [e + 1 for e in history.epoch]
@@ -564,7 +555,6 @@ def _plot(history: Any, path: Path, title: str = "") -> None:
 
 # ------------------------------------------------------------------------------------ evaluate, predict
 def _load_model(path: str):
-    from backprop import io as bio
 
     if not os.path.exists(path):
         raise CLIError(f"model file {path} does not exist")
@@ -572,8 +562,6 @@ def _load_model(path: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import backprop as bp
-    from backprop.training import metrics as M
 
     model, meta = _load_model(args.model)
     ds = _load_data(args)
@@ -600,7 +588,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import backprop as bp
 
     model, meta = _load_model(args.model)
     label_column = args.label_column

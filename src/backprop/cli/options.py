@@ -1,4 +1,6 @@
-"""Argument types shared by the subcommands: each parses one option and says what it expected.
+"""What the subcommands share: their error (:class:`CLIError`) and the argument types, each of which parses
+one option and says what it expected, in the library's one vocabulary of constraints
+(:mod:`backprop.engine.constraints`).
 
 >>> positive_int("3"), fraction("0.25"), layer_sizes("128,64")
 (3, 0.25, [128, 64])
@@ -10,7 +12,11 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+from backprop.engine.constraints import Interval, argtype
+
+
+class CLIError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2."""
 
 
 def number(kind: type, ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
@@ -28,16 +34,16 @@ def number(kind: type, ok: Callable[[Any], bool], expected: str) -> Callable[[st
     return parse
 
 
-positive_int = number(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = number(float, lambda v: np.isfinite(v) and v > 0, "a positive finite number")
-non_negative_float = number(float, lambda v: np.isfinite(v) and v >= 0, "a non-negative number")
-fraction = number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+positive_int = argtype(Interval(int, 1))
+non_negative_int = argtype(Interval(int, 0))
+positive_float = argtype(Interval(float, 0, closed="neither"))
+non_negative_float = argtype(Interval(float, 0))
+fraction = argtype(Interval(float, 0, 1, closed="left"))
 any_int = number(int, lambda v: True, "an integer")
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
-    return number(int, lambda v: lo <= v <= hi, f"an integer from {lo} to {hi}")
+    return argtype(Interval(int, lo, hi))
 
 
 def layer_sizes(text: str) -> list[int]:

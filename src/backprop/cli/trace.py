@@ -27,7 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from backprop.cli.options import int_in, layer_sizes, positive_float
+from backprop import nn
+from backprop.cli.options import CLIError, int_in, layer_sizes, positive_float
+from backprop.engine.random import get_rng
+from backprop.engine.tensor import Tensor
+from backprop.nn import functional as F
 
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 LOSSES = ("quadratic", "cross_entropy")
@@ -93,12 +97,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
-
-
-def _cli_error(message: str) -> Exception:
-    from backprop.cli.main import CLIError  # NOTE: not at the top: main.py imports this module
-
-    return CLIError(message)
 
 
 # ------------------------------------------------------------------------------------ the network, in NumPy
@@ -234,17 +232,17 @@ def _resolve(args: argparse.Namespace) -> tuple[list[int], int, np.ndarray | Non
     """Layer sizes and batch size from the options, checked for consistency; x and y as given (n, k) or None."""
     x, y = args.x, args.y
     if x is not None and y is not None and len(x) != len(y):
-        raise _cli_error(f"--x gives {len(x)} sample(s) but --y gives {len(y)}")
+        raise CLIError(f"--x gives {len(x)} sample(s) but --y gives {len(y)}")
     given_n = len(x) if x is not None else len(y) if y is not None else None
     if args.batch is not None and given_n is not None and args.batch != given_n:
-        raise _cli_error(f"--batch {args.batch} but --x/--y give {given_n} sample(s)")
+        raise CLIError(f"--batch {args.batch} but --x/--y give {given_n} sample(s)")
     n = args.batch or given_n or 1
     n_in = _width("--inputs", args.inputs, x, "--x")
     n_out = _width("--outputs", args.outputs, y, "--y")
     sizes = [n_in, *args.hidden, n_out]
     count = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
     if count > MAX_PARAMETERS:
-        raise _cli_error(f"the {'-'.join(map(str, sizes))} network has {count} parameters; trace is for small "
+        raise CLIError(f"the {'-'.join(map(str, sizes))} network has {count} parameters; trace is for small "
                          f"networks (at most {MAX_PARAMETERS})")
     return sizes, n, x, y
 
@@ -253,7 +251,7 @@ def _width(option: str, value: int | None, sample: np.ndarray | None, sample_opt
     if sample is None:
         return value or 2
     if value is not None and value != sample.shape[1]:
-        raise _cli_error(f"{option} {value} but {sample_option} has {sample.shape[1]} value(s) per sample")
+        raise CLIError(f"{option} {value} but {sample_option} has {sample.shape[1]} value(s) per sample")
     return sample.shape[1]
 
 
@@ -262,13 +260,13 @@ def _load_weights(path: str, sizes: list[int]) -> tuple[list[np.ndarray], list[n
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
     except FileNotFoundError:
-        raise _cli_error(f"--weights-json: {path} does not exist") from None
+        raise CLIError(f"--weights-json: {path} does not exist") from None
     except (OSError, ValueError) as e:
-        raise _cli_error(f"--weights-json: cannot read {path}: {e}") from None
+        raise CLIError(f"--weights-json: cannot read {path}: {e}") from None
     L = len(sizes) - 1
     expected = {f"{k}{l}" for l in range(1, L + 1) for k in "Wb"}
     if not isinstance(spec, dict) or set(spec) != expected:
-        raise _cli_error(f"--weights-json: expected an object with the keys {', '.join(sorted(expected))} "
+        raise CLIError(f"--weights-json: expected an object with the keys {', '.join(sorted(expected))} "
                          f"for the {'-'.join(map(str, sizes))} network")
     weights, biases = [], []
     for l in range(1, L + 1):
@@ -276,15 +274,15 @@ def _load_weights(path: str, sizes: list[int]) -> tuple[list[np.ndarray], list[n
             w = np.asarray(spec[f"W{l}"], dtype=np.float64)
             b = np.asarray(spec[f"b{l}"], dtype=np.float64)
         except (TypeError, ValueError):
-            raise _cli_error(f"--weights-json: W{l} and b{l} must be numbers") from None
+            raise CLIError(f"--weights-json: W{l} and b{l} must be numbers") from None
         if w.shape != (sizes[l], sizes[l - 1]):
-            raise _cli_error(f"--weights-json: W{l} has shape {w.shape}, expected {(sizes[l], sizes[l - 1])}")
+            raise CLIError(f"--weights-json: W{l} has shape {w.shape}, expected {(sizes[l], sizes[l - 1])}")
         if b.ndim == 0:  # one bias shared by the layer, as in Mazur's example
             b = np.full(sizes[l], float(b))
         if b.shape != (sizes[l],):
-            raise _cli_error(f"--weights-json: b{l} has shape {b.shape}, expected ({sizes[l]},) or a number")
+            raise CLIError(f"--weights-json: b{l} has shape {b.shape}, expected ({sizes[l]},) or a number")
         if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-            raise _cli_error(f"--weights-json: W{l} and b{l} must be finite")
+            raise CLIError(f"--weights-json: W{l} and b{l} must be finite")
         weights.append(w)
         biases.append(b)
     return weights, biases
@@ -324,7 +322,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     else:
         y = np.round(rng.uniform(0.0, 1.0, size=(sizes[-1], n)), 2)
     if args.loss == "cross_entropy" and (np.any(y < 0) or not np.allclose(y.sum(axis=0), 1.0, atol=1e-6)):
-        raise _cli_error("--loss cross_entropy needs targets that are probabilities (non-negative, summing to 1 "
+        raise CLIError("--loss cross_entropy needs targets that are probabilities (non-negative, summing to 1 "
                          f"for each sample), got --y {';'.join(','.join(map(str, c)) for c in y.T)}")
 
     out_act = "sigmoid" if args.loss == "quadratic" else "softmax"
@@ -516,10 +514,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def _engine_gradients(net: Net, x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], float, str]:
     """dC/dW^1, dC/db^1, ... from backprop's autograd: the network as nn.Linear layers, float64."""
-    from backprop import nn
-    from backprop.engine.random import get_rng
-    from backprop.engine.tensor import Tensor
-    from backprop.nn import functional as F
 
     act_module = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
     rng = get_rng()

@@ -21,24 +21,19 @@ Documented limits:
   :func:`rank_table` and :func:`explain_failure` map that back to the rank (``backprop train --workers``
   does it for you).
 
-Hooks for a training loop (see :class:`Trainer`; ``fit(..., distributed=True)`` uses them)::
+Data parallelism plugs into the one training loop (:mod:`backprop.training.loop`) from outside, as a
+wrapper around its Step, the way Horovod's DistributedOptimizer wraps an optimizer::
 
-    dist = Trainer(model, opt, batch_size)     # checks batch_size % size == 0
-    dist.broadcast()                           # rank 0's weights, buffers and optimizer state everywhere
-    with dist.synchronised():                  # sync_batchnorm, if asked for
-        for xb, yb in loader:                  # the same global batches on every rank
-            xb, yb = dist.shard(xb, yb)        # this rank's slice, and its share of the batch
-            if len(xb) == 0:
-                dist.empty_step(xb); continue  # a last batch smaller than the number of ranks
-            opt.zero_grad()
-            dist.backward(loss_fn(model(Tensor(xb)), yb))   # backward of share * loss
-            dist.allreduce_gradients()         # the sum over the ranks: the global batch's gradient
-            opt.step()
-    total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)   # epoch end
-    dist.reduce_metrics(metric_list)
-    if dist.is_root: print / write files
+    step = DataParallelStep(Step(model, opt, "cross_entropy"), batch_size)   # checks batch_size % size == 0
+    step.start()                               # rank 0's weights, buffers and optimizer state everywhere
+    history = Loop(step, batches(x, y, batch_size=batch_size, seed=seed), epochs=10).run()
 
-:func:`fit_distributed` is a compact loop written with these hooks.
+Each step shards the global batch (:meth:`Trainer.shard`), runs the wrapped step's forward and cost on
+this rank's rows, back-propagates its loss scaled by the rank's share, sums the gradients (and the loss)
+over the ranks in one bucketed Allreduce, and makes the same update everywhere. ``fit(...,
+distributed=True)`` and the scikit-learn estimators (``distributed=True``) build exactly this;
+:func:`fit_distributed` is the same loop with a subset of fit's arguments. :class:`Trainer` holds the
+collectives (shard, allreduce, reduce metrics, abort) for anyone writing their own Step.
 """
 
 from __future__ import annotations
@@ -50,13 +45,24 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from backprop import optim
+from backprop.distributed.mpi import Context, _comm, _mpi, init, is_available, is_root, shared_seed
+from backprop.distributed.sync_batchnorm import SyncBatchNormTrain, sync_batch_norm, sync_batchnorm
+from backprop.engine.random import get_rng, manual_seed
+from backprop.training import extensions as _extensions
+from backprop.training.callbacks import DivergenceGuard
+from backprop.training.history import History
+from backprop.training.inputs import check_labels, check_xy
+from backprop.training.loop import CallbackList, Loop, Step, StepResult, batches
+from backprop.training.metrics import resolve_metrics
+
 __all__ = [
     "Context",
+    "DataParallelStep",
     "GradientAllreduce",
     "SyncBatchNormTrain",
     "Trainer",
@@ -78,62 +84,6 @@ __all__ = [
 ]
 
 DEFAULT_BUCKET_BYTES = 4 << 20  # 4 MiB: one Allreduce per 1M float32 gradients
-
-
-# ------------------------------------------------------------------------------------------------ setup
-def is_available() -> bool:
-    """True if mpi4py imports and its MPI library loads."""
-    try:
-        from mpi4py import MPI  # noqa: F401
-    except (ImportError, RuntimeError, OSError):  # RuntimeError/OSError: libmpi missing
-        return False
-    return True
-
-
-def _mpi() -> Any:
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise ImportError("backprop.distributed needs mpi4py and an MPI library: "
-                          "pip install 'backprop[mpi]' (mpi4py and mpich)") from e
-    return MPI
-
-
-@dataclass(frozen=True)
-class Context:
-    """The communicator and this process's place in it."""
-
-    comm: Any
-    rank: int
-    size: int
-
-    @property
-    def is_root(self) -> bool:
-        return self.rank == 0
-
-
-def init(comm: Any = None) -> Context:
-    """Import MPI (initialising it) and describe ``comm`` (default ``MPI.COMM_WORLD``)."""
-    MPI = _mpi()
-    comm = MPI.COMM_WORLD if comm is None else comm
-    return Context(comm, comm.Get_rank(), comm.Get_size())
-
-
-def _comm(comm: Any) -> Any:
-    return init(comm).comm
-
-
-def shared_seed(comm: Any = None) -> int:
-    """Fresh entropy drawn on rank 0 and sent to every rank (for ``seed=None``: all ranks need the same seed)."""
-    comm = _comm(comm)
-    return comm.bcast(np.random.SeedSequence().entropy if comm.Get_rank() == 0 else None, root=0)
-
-
-def is_root(comm: Any = None) -> bool:
-    """True on rank 0 (and when MPI is not available: a single process is its own root)."""
-    if comm is None and not is_available():
-        return True
-    return _comm(comm).Get_rank() == 0
 
 
 # ------------------------------------------------------------------------------------------ who is who
@@ -441,8 +391,6 @@ class Trainer:
         """``with trainer.synchronised():`` BatchNorm over all the ranks if ``sync_batchnorm`` was set."""
         if not self.sync_batchnorm:
             return contextlib.nullcontext()
-        from backprop.distributed.sync_batchnorm import sync_batchnorm
-
         return sync_batchnorm(self.comm)
 
     def broadcast(self, root: int = 0) -> None:
@@ -452,8 +400,6 @@ class Trainer:
 
     def seed_ranks(self) -> None:
         """Give each rank its own stream of the global generator (dropout masks), derived from the current one."""
-        from backprop.engine.random import get_rng, manual_seed
-
         draw = int(get_rng().integers(2**63))
         manual_seed(int(np.random.SeedSequence([draw, self.rank]).generate_state(1)[0]))
 
@@ -474,40 +420,16 @@ class Trainer:
             self.share = float(np.sum(weights[start:stop])) / total if total > 0 else 0.0
         return xb[start:stop], (None if yb is None else yb[start:stop])
 
-    def backward(self, loss: Any, xb: Any = None) -> None:
-        """``loss.backward()`` scaled by :attr:`share`: the ranks' gradients then SUM to the global batch's.
-
-        ``loss=None``: this rank's shard is empty (a last batch smaller than the number of ranks); with
-        synchronised BatchNorm the model still runs forward and backward on the zero-row ``xb``, so that
-        this rank joins the BatchNorm collectives.
-
-        NOTE: the scale goes in before backward, not after: a synchronised BatchNorm sums its upstream
-        gradients over the ranks inside backward, and they must already carry each rank's share.
-        """
-        if loss is not None:
-            loss.backward(np.asarray(self.share, dtype=loss.dtype))
-        elif self.sync_batchnorm and xb is not None:
-            from backprop.engine.tensor import Tensor
-
-            self.model(Tensor(xb)).sum().backward(np.zeros((), dtype=self.model.dtype))
-
     def allreduce_gradients(self, loss: float = 0.0) -> float:
         """The gradient of the global batch on every rank: the SUM of the ranks' (share-scaled) gradients.
 
-        Call after :meth:`backward` (every rank, an empty shard's too), before ``optimizer.step()``.
+        Call after the backward pass of ``share * loss`` (every rank, an empty shard's too: see
+        :meth:`backprop.training.loop.Step.backpropagate`), before ``optimizer.step()``.
         ``loss``, this rank's loss, rides along in the same Allreduce: the return value is
         ``sum_r share_r * loss_r``, the global batch's loss, the same on every rank (so that a loss that
         is not finite on any rank stops them all at the same step).
         """
         return self.allreduce.sum(self.share * loss)
-
-    def empty_step(self, xb: Any = None) -> float:
-        """The whole step of a rank whose shard is empty: no loss of its own, the same update as the others."""
-        self.optimizer.zero_grad()
-        self.backward(None, xb)
-        loss = self.allreduce_gradients()
-        self.optimizer.step()
-        return loss
 
     def reduce_sums(self, *values: float) -> tuple[float, ...]:
         """Sums over the ranks of each value (epoch loss sums, weights, sample counts)."""
@@ -547,88 +469,104 @@ def _abort(comm: Any, rank: int, size: int, exc: BaseException | None, code: int
     comm.Abort(code)
 
 
-# ----------------------------------------------------------------------------------- reference loop
+# ------------------------------------------------------------------------------------- the Step wrapper
+class DataParallelStep:
+    """A :class:`~backprop.training.loop.Step` made data-parallel: each rank a shard of every global batch.
+
+    ``train_step`` shards the batch (and its loss weights), runs the wrapped step's ``compute_loss`` on this
+    rank's rows, back-propagates ``share * loss`` with its ``backpropagate``, sums the gradients and the
+    loss over the ranks in one bucketed Allreduce (:class:`GradientAllreduce`), and, if the global loss is
+    finite, lets its ``apply_gradients`` clip and update: the same update on every rank. A rank whose
+    shard is empty (a last batch smaller than the number of ranks) still joins every collective. The
+    result is the whole batch's loss, the same on every rank, so they all stop at the same step.
+
+    ``count_samples``: keep ``sample_counts``, this rank's uses of each training sample (for tests).
+    """
+
+    def __init__(self, step: Any, batch_size: int, comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 sync_batchnorm: bool = False, count_samples: int | None = None) -> None:
+        self.step, self.model, self.optimizer = step, step.model, step.optimizer
+        self.trainer = Trainer(step.model, step.optimizer, batch_size, comm=comm, bucket_bytes=bucket_bytes,
+                               sync_batchnorm=sync_batchnorm)
+        self.sample_counts = None if count_samples is None else np.zeros(count_samples, dtype=np.int64)
+
+    @property
+    def is_root(self) -> bool:
+        return self.trainer.is_root
+
+    def start(self, verbose: int = 0) -> None:
+        """Before training: the rank table on rank 0 (if verbose), each rank its own dropout stream, and
+        rank 0's weights, buffers and optimizer state on every rank."""
+        if verbose and self.is_root:
+            print(self.trainer.describe(), file=sys.stderr, flush=True)
+        self.trainer.seed_ranks()
+        self.trainer.broadcast()
+
+    def train_step(self, batch: Any) -> Any:
+        step, trainer = self.step, self.trainer
+        x, y = trainer.shard(batch.x, batch.y, batch.w)
+        start, stop = shard_bounds(batch.n, trainer.rank, trainer.size)
+        local = batch._replace(x=x, y=y, w=None if batch.w is None else batch.w[start:stop],
+                               index=batch.index[start:stop])
+        if self.sample_counts is not None:
+            self.sample_counts[local.index] += 1
+        step.optimizer.zero_grad()
+        if stop > start:
+            out, loss = step.compute_loss(local)
+            value = float(loss.data)
+            step.backpropagate(loss, scale=trainer.share)
+        else:  # nothing of this batch on this rank: no loss of its own, the same update as the others
+            out, value = None, 0.0
+            step.backpropagate(None, x=x if trainer.sync_batchnorm else None)
+        # NOTE: the GLOBAL batch's loss rides in the gradients' Allreduce: every rank sees the same value
+        total = trainer.allreduce_gradients(value)
+        applied = math.isfinite(total) or not getattr(step, "skip_nonfinite", True)
+        if applied:
+            step.apply_gradients(total)
+        return StepResult(total, batch.n, step.epoch_weight(batch), None if out is None else out.data, y, applied)
+
+    def reduce_metrics(self, metrics: Sequence[Any]) -> None:
+        self.trainer.reduce_metrics(metrics)
+
+    def context(self) -> contextlib.AbstractContextManager:
+        return self.trainer.synchronised()
+
+    def on_exception(self, error: BaseException) -> None:
+        self.trainer.abort(error)  # a failing rank must not leave the others waiting in an Allreduce
+
+
 def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", optimizer: Any = "sgd",
                     lr: float = 0.1, batch_size: int = 32, epochs: int = 10, seed: int | None = None,
                     shuffle: bool = True, metrics: Sequence[Any] = ("accuracy",), verbose: int = 0,
                     comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Any:
-    """Data-parallel training in a compact loop written with the Trainer hooks (a subset of ``fit``'s arguments).
+    """Data-parallel training with a subset of ``fit``'s arguments, the one loop written out in a few lines.
 
     ``bp.fit(..., distributed=True)`` is the full-featured version. Same seeds and batches as ``bp.fit``:
     the returned History (identical on every rank) and the weights match a single-process ``fit`` with the
     same ``batch_size`` and ``seed``. ``history.sample_counts`` (this rank's uses of each training sample)
     lets tests check that each sample is used once per epoch over the ranks.
     """
-    from backprop import optim
-    from backprop.data.loader import DataLoader
-    from backprop.engine.random import manual_seed
-    from backprop.engine.tensor import Tensor
-    from backprop.training.fit import _check_labels, _check_xy, _resolve_metrics, get_loss
-    from backprop.training.history import History
-
     ctx = init(comm)
-    x, y = _check_xy(x, y, "fit_distributed", True, model.dtype)
-    y = _check_labels(model, y, loss, "fit_distributed")
-    loss_fn = get_loss(loss)
-    metric_list = _resolve_metrics(metrics, y)
+    x, y = check_xy(x, y, "fit_distributed", True, model.dtype)
+    y = check_labels(model, y, loss, "fit_distributed")
     if seed is None:  # every rank must draw the same permutations
         seed = shared_seed(ctx.comm)
-    seeds = np.random.SeedSequence(seed).spawn(3)  # as fit: [loader, global generator, validation split]
-    manual_seed(int(seeds[1].generate_state(1)[0]))
-    if isinstance(optimizer, str) or (isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer)):
-        opt = optim.get(optimizer, model.parameters(), lr=lr)
-    else:
-        opt = optim.get(optimizer, model.parameters())
-    dist = Trainer(model, opt, batch_size, comm=ctx.comm, bucket_bytes=bucket_bytes)
-    dist.seed_ranks()
-    loader = DataLoader(np.arange(len(x)), batch_size=batch_size, shuffle=shuffle, seed=seeds[0])
+    loader_seed, global_seed, _ = np.random.SeedSequence(seed).spawn(3)  # as fit: [loader, global, split]
+    manual_seed(int(global_seed.generate_state(1)[0]))
+    opt = optim.build(optimizer, model.parameters(), lr)
+    step = DataParallelStep(Step(model, opt, loss), batch_size, comm=ctx.comm, bucket_bytes=bucket_bytes,
+                            count_samples=len(x))
+    step.start()
+    data = batches(x, y, batch_size=batch_size, shuffle=shuffle, seed=loader_seed)
     history = History()
-    history.params = {"epochs": epochs, "batch_size": batch_size, "steps": len(loader), "samples": len(x),
-                      "ranks": dist.size}
-    history.sample_counts = np.zeros(len(x), dtype=np.int64)
-    with dist.guard():
-        dist.broadcast()
-        for epoch in range(epochs):
-            model.train()
-            total_loss, loss_weight, seen = 0.0, 0.0, 0
-            for m in metric_list:
-                m.reset()
-            for idx in loader:
-                idx, _ = dist.shard(idx)
-                history.sample_counts[idx] += 1
-                xb, yb = x[idx], y[idx]
-                history.iterations += 1
-                n = len(idx)
-                if n == 0:  # a last batch smaller than the number of ranks
-                    dist.empty_step(xb)
-                    continue
-                opt.zero_grad()
-                out = model(Tensor(xb))
-                loss_t = loss_fn(out, yb)
-                loss_value = float(loss_t.data)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}")
-                dist.backward(loss_t)  # scaled by this rank's share of the batch
-                dist.allreduce_gradients()  # summed over the ranks: the global batch's gradient
-                opt.step()
-                total_loss += loss_value * n
-                loss_weight += n
-                seen += n
-                for m in metric_list:
-                    m.update(out.data, yb)
-            total_loss, loss_weight, seen = dist.reduce_sums(total_loss, loss_weight, seen)
-            dist.reduce_metrics(metric_list)
-            logs = {"loss": total_loss / loss_weight if loss_weight else math.nan}
-            for m in metric_list:
-                logs[m.name] = m.result()
-            history.epochs += 1
-            history.samples_seen += int(seen)
-            history.record(epoch, logs)
-            if verbose and dist.is_root:
-                print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
-    model.eval()
+    callbacks = CallbackList(history=history, add_progbar=2 if verbose and step.is_root else 0,
+                             after=[DivergenceGuard(history)], model=model, optimizer=opt,
+                             params={"epochs": epochs, "batch_size": batch_size, "steps": len(data),
+                                     "samples": len(x), "ranks": ctx.size})
+    Loop(step, data, epochs=epochs, callbacks=callbacks, metrics=resolve_metrics(metrics, y)).run()
+    history.sample_counts = step.sample_counts
     return history
 
 
-# NOTE: last: the module imports backprop.nn, and mpi4py only when a synchronised layer first runs
-from backprop.distributed.sync_batchnorm import SyncBatchNormTrain, sync_batch_norm, sync_batchnorm
+# NOTE: training may not import distributed (imports point downward): fit(distributed=True) finds it here
+_extensions.provide("distributed", sys.modules[__name__])

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.distributed import _mpi  # NOTE: defined before backprop.distributed imports this module
+from backprop.distributed.mpi import _mpi, is_available
 from backprop.engine.registry import Case, register, sample
 from backprop.engine.tensor import Function, Tensor
 from backprop.nn import normalization
@@ -64,7 +64,6 @@ def _default_comm(comm: Any) -> Any:
 # ------------------------------------------------------------------------------------------- the Function
 def _sync_cases(rng: np.random.Generator) -> list[Case]:
     """BatchNormTrain's cases on a 1-rank communicator (where sync batch norm IS batch norm); none without MPI."""
-    from backprop.distributed import is_available
 
     if not is_available():  # NOTE: no mpi4py: nothing to check, and test_ops_gradcheck collects no case
         return []

@@ -63,6 +63,7 @@ from backprop.io.serialization import (
     model_to_config,
 )
 from backprop.nn.module import Module
+from backprop.training.history import History
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "TrainingCheckpoint", "load_checkpoint",
            "save_checkpoint"]
@@ -213,8 +214,6 @@ class Checkpoint:
     # --------------------------------------------------------------------------------------- helpers
     def to_history(self) -> Any:
         """The saved History as a :class:`~backprop.training.history.History` (an empty one if none was saved)."""
-        from backprop.training.history import History
-
         h = History()
         if self.history is None:
             h.epochs, h.iterations = self.epoch, self.iteration

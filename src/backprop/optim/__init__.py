@@ -19,7 +19,7 @@ from .sgd import SGD
 
 # (The ``lr_scheduler`` subpackage will live next to these modules.)
 
-__all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get", "lr_scheduler"]
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "build", "get", "lr_scheduler"]
 
 #: Optimizer classes by the (lower-case) names :func:`get` accepts.
 OPTIMIZERS: dict[str, type[Optimizer]] = {
@@ -76,3 +76,18 @@ def get(name_or_obj: str | Optimizer | Callable[..., Optimizer],
         "optimizer must be a name (" + ", ".join(OPTIMIZERS) + "), an Optimizer instance "
         f"or a callable params -> Optimizer, got {type(name_or_obj).__name__}"
     )
+
+
+def build(spec: str | Optimizer | Callable[..., Optimizer], params: Iterable[Any], lr: float) -> Optimizer:
+    """The optimizer a training front end (``fit``, the command line) asks for, with ``lr`` where it applies.
+
+    NOTE: ``lr`` goes to names and Optimizer classes; an Optimizer instance or a factory carries its own.
+
+    >>> import numpy as np
+    >>> from backprop.nn import Parameter
+    >>> build("adam", [Parameter(np.zeros(2))], lr=0.01).param_groups[0]["lr"]
+    0.01
+    """
+    if isinstance(spec, str) or (isinstance(spec, type) and issubclass(spec, Optimizer)):
+        return get(spec, params, lr=lr)
+    return get(spec, params)

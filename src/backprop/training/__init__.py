@@ -1,8 +1,15 @@
-"""Training: fit / evaluate / predict, History, callbacks and metrics."""
+"""Training: the one loop (``Step``, ``Loop``), ``fit`` / ``evaluate`` / ``predict``, History, callbacks, metrics.
 
+>>> from backprop.training import Loop, Step, fit
+>>> Step.train_step.__doc__.split(":")[0]
+'One iteration'
+"""
+
+from backprop.nn.losses import LOSSES, get_loss, quadratic_loss
 from backprop.training.callbacks import (
     Callback,
     CSVLogger,
+    DivergenceGuard,
     EarlyStopping,
     LambdaCallback,
     LearningRateScheduler,
@@ -10,9 +17,12 @@ from backprop.training.callbacks import (
     ProgressBar,
     TensorBoard,
     TerminateOnNaN,
+    TrainingDiverged,
 )
-from backprop.training.fit import LOSSES, TrainingDiverged, evaluate, fit, get_loss, predict, quadratic_loss
+from backprop.training.evaluate import evaluate, predict
+from backprop.training.fit import fit
 from backprop.training.history import History
+from backprop.training.loop import Batch, CallbackList, Loop, Step, StepResult, batches
 from backprop.training.metrics import (
     accuracy,
     classification_report,
@@ -23,8 +33,9 @@ from backprop.training.metrics import (
 )
 
 __all__ = [
-    "LOSSES", "CSVLogger", "Callback", "EarlyStopping", "History", "LambdaCallback", "LearningRateScheduler",
-    "ModelCheckpoint", "ProgressBar", "TensorBoard", "TerminateOnNaN", "TrainingDiverged", "accuracy",
-    "classification_report", "confusion_matrix", "evaluate", "fit", "get_loss", "plot_confusion_matrix",
-    "precision_recall_f1", "predict", "quadratic_loss", "top_k_accuracy",
+    "LOSSES", "Batch", "CSVLogger", "Callback", "CallbackList", "DivergenceGuard", "EarlyStopping", "History",
+    "LambdaCallback", "LearningRateScheduler", "Loop", "ModelCheckpoint", "ProgressBar", "Step", "StepResult",
+    "TensorBoard", "TerminateOnNaN", "TrainingDiverged", "accuracy", "batches", "classification_report",
+    "confusion_matrix", "evaluate", "fit", "get_loss", "plot_confusion_matrix", "precision_recall_f1", "predict",
+    "quadratic_loss", "top_k_accuracy",
 ]

@@ -35,8 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from backprop.training import extensions
+from backprop.training.tensorboard import SummaryWriter, require_tensorboard
+
 __all__ = [
-    "CSVLogger", "Callback", "EarlyStopping", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint",
+    "CSVLogger", "Callback", "DivergenceGuard", "EarlyStopping", "TrainingDiverged", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint",
     "ProgressBar", "TensorBoard", "TerminateOnNaN",
 ]
 
@@ -257,8 +260,7 @@ class ModelCheckpoint(Callback):
         self._save(epoch, logs)
 
     def _save(self, epoch: int, logs: dict[str, float]) -> None:
-        from backprop import io as bio
-
+        bio = extensions.get("io")
         path = self._path(epoch, logs)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -303,8 +305,7 @@ class CSVLogger(Callback):
                 self.rows = [dict(r) for r in reader]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        from backprop.io import write_text_atomic
-
+        write_text_atomic = extensions.get("io").write_text_atomic
         row: dict[str, Any] = {"epoch": epoch}
         for k, v in (logs or {}).items():
             if k not in self.columns:
@@ -438,6 +439,56 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
+# -------------------------------------------------------------------------------------- DivergenceGuard
+class TrainingDiverged(FloatingPointError):
+    """The loss or a gradient became NaN or infinite; the model keeps the last finite weights."""
+
+
+class DivergenceGuard(Callback):
+    """What happens when a batch's loss is NaN or infinite: the loop made no update for it; this decides.
+
+    ``fit`` puts it after every other callback. At the start of each epoch it keeps a copy of the weights;
+    at a non-finite loss it restores that copy if the previous update overflowed a weight, then raises
+    :class:`~backprop.training.loop.TrainingDiverged` (naming the step and what was kept) unless another
+    callback, such as :class:`TerminateOnNaN`, has set ``model.stop_training``.
+    """
+
+    def __init__(self, history: Any) -> None:
+        self.history = history
+        self.epoch, self.snapshot = 0, []
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch = epoch
+        self.snapshot = [p.data.copy() for p in self.model.parameters()]  # finite weights to fall back on
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        loss = (logs or {}).get("loss", 0.0)
+        if math.isfinite(loss):
+            return
+        bad = self._restore_if_overflowed()
+        if self.model.stop_training:
+            return
+        where = f"epoch {self.epoch + 1}, iteration {batch + 1} (step {self.history.iterations + 1})"
+        if bad:
+            kept = (f"the previous update overflowed parameter '{bad}', so the weights from the start of "
+                    f"epoch {self.epoch + 1} were restored")
+        else:
+            kept = "the model keeps the weights of the last finite step"
+        raise TrainingDiverged(
+            f"the loss became {loss} at {where}; {kept}. Try a lower learning rate (or gradient clipping: "
+            "clip_norm=...), or add the TerminateOnNaN callback to stop without an error."
+        )
+
+    def _restore_if_overflowed(self) -> str | None:
+        """If the last update made a weight non-finite, restore the epoch's first weights; the bad one's name."""
+        bad = [name for name, p in self.model.named_parameters() if not np.isfinite(p.data).all()]
+        if not bad:
+            return None
+        for p, saved in zip(self.model.parameters(), self.snapshot):
+            p.data[...] = saved
+        return bad[0]
+
+
 # --------------------------------------------------------------------------------------------- progress
 class _Progress:
     """A tqdm bar per epoch (in a terminal, or always with ``bar=True``) and one summary line per epoch."""
@@ -510,9 +561,12 @@ class ProgressBar(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._progress.end_epoch(logs or {})
 
-    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+    def close(self) -> None:
         if self._progress is not None:
             self._progress.close()
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------------------------- TensorBoard
@@ -533,8 +587,6 @@ class TensorBoard(Callback):
 
     def __init__(self, log_dir: str | os.PathLike[str] = "logs", update_freq: str | int = "epoch",
                  histogram_freq: int = 1) -> None:
-        from backprop.training.tensorboard import require_tensorboard
-
         require_tensorboard()
         if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(update_freq, int)
                                        or update_freq < 1):
@@ -547,8 +599,6 @@ class TensorBoard(Callback):
             self.on_train_batch_end = self._batch_end
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        from backprop.training.tensorboard import SummaryWriter
-
         self.close()
         self.writer = SummaryWriter(self.log_dir)
         self._step, self._window = 0, []

@@ -1,4 +1,4 @@
-"""History: what ``fit`` returns, Keras-style, with the textbook's counters.
+"""History: what ``fit`` returns, Keras-style, with the textbook's counters; a callback of the training loop.
 
 >>> h = History()
 >>> h.record(0, {"loss": 0.5, "accuracy": 0.9}); h.history
@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backprop.training.callbacks import Callback
+
 
 @dataclass
-class History:
+class History(Callback):
     """Per-epoch metrics (``history["loss"]``, ``history["val_accuracy"]``...) and training counters.
 
     ``epochs`` completed epochs, ``iterations`` optimizer steps (mini-batches), ``samples_seen`` samples
@@ -20,6 +22,9 @@ class History:
     and N samples. ``interrupted`` is True when Ctrl-C ended training early, ``stopped_early`` when a
     callback set ``model.stop_training`` (EarlyStopping, TerminateOnNaN...), ``terminated_on_nan`` when
     training stopped at a NaN/infinite loss (:class:`~backprop.training.callbacks.TerminateOnNaN`).
+
+    As a callback (Keras's ``History``) it records every epoch's logs at ``on_epoch_end``, after the
+    callbacks before it added theirs; the loop counts the epochs, iterations and samples.
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -31,6 +36,12 @@ class History:
     interrupted: bool = False
     stopped_early: bool = False
     terminated_on_nan: bool = False
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.record(epoch, logs or {})
 
     def record(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)

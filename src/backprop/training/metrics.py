@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.training import extensions
+
 __all__ = [
     "METRICS", "Metric", "accuracy", "classification_report", "confusion_matrix", "correct", "get_metric",
     "plot_confusion_matrix", "precision_recall_f1", "predicted_classes", "top_k_accuracy",
@@ -228,8 +230,7 @@ def plot_confusion_matrix(cm: Any, path: str | os.PathLike[str], class_names: Se
     """
     from matplotlib.figure import Figure
 
-    from backprop.io import atomic_write
-
+    atomic_write = extensions.get("io").atomic_write
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"plot_confusion_matrix: expected a square matrix, got shape {cm.shape}")
@@ -358,3 +359,14 @@ def get_metric(metric: str | Callable[[np.ndarray, np.ndarray], float] | Metric)
             return _Accuracy(int(m.group(1)), metric)
     names = ", ".join([*METRICS, "top_<k>_accuracy"])
     raise ValueError(f"unknown metric {metric!r}; expected one of {names} or a callable")
+
+
+def resolve_metrics(metrics: Sequence[str | Callable | Metric], y: np.ndarray | None) -> list[Metric]:
+    """Metric objects for ``fit``/``evaluate``; the built-in (named) ones are left out for regression targets.
+
+    NOTE: built-in metrics need classes (integer labels or probability rows), which float targets of one
+    column are not; a callable is kept, since it may measure anything.
+    """
+    regression = y is not None and y.dtype.kind == "f" and y.ndim == 1
+    made = [(spec, get_metric(spec)) for spec in metrics]  # every name checked, even those left out
+    return [m for spec, m in made if not (isinstance(spec, str) and regression)]

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from backprop.engine.tensor import Function, Tensor
+from backprop.io import write_bytes_atomic, write_text_atomic
+from backprop.nn.module import Parameter
 
 RENDERED_FORMATS = ("svg", "png", "pdf")
 DOT_SUFFIXES = ("dot", "gv")
@@ -83,7 +85,6 @@ def to_dot(tensor: Tensor, params: Mapping[str, Tensor] | Any | None = None, nam
     if not isinstance(tensor, Tensor):
         raise TypeError(f"draw_graph: expected a Tensor, got {type(tensor).__name__}")
     names = _param_names(params)
-    from backprop.nn.module import Parameter
 
     node_ids: dict[int, str] = {}  # id(tensor or Function) -> node name, in the order first met
     keep: list[Any] = []  # the objects behind node_ids stay alive, so their ids stay unique
@@ -184,7 +185,6 @@ def draw_graph(
     path = os.fspath(path)
     fmt = (format or os.path.splitext(path)[1].lstrip(".") or "dot").lower()
     if fmt in DOT_SUFFIXES:
-        from backprop.io import write_text_atomic
 
         write_text_atomic(path, source)
         return source
@@ -202,7 +202,6 @@ def draw_graph(
     proc = subprocess.run([dot, f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"draw_graph: dot -T{fmt} failed: {proc.stderr.decode(errors='replace').strip()}")
-    from backprop.io import write_bytes_atomic
 
     write_bytes_atomic(path, proc.stdout)
     return source
