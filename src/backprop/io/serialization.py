@@ -11,7 +11,9 @@ only) holds::
 
 Loading never runs code from the file and never unpickles: the architecture is plain JSON, and each layer
 in it must be one of the whitelisted :data:`LAYER_TYPES` with arguments of the whitelisted names and types.
-Nothing is looked up by name anywhere else. :func:`register_layer` adds a layer type to the whitelist.
+Nothing is looked up by name anywhere else. This module knows no layer: each layer registers its description
+where it is defined (:mod:`backprop.nn.registry`, ``@layer_type``), and :func:`register_layer` adds one of
+your own to the whitelist.
 
 >>> import os, tempfile, numpy as np, backprop as bp
 >>> net = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 2))
@@ -25,23 +27,20 @@ Nothing is looked up by name anywhere else. :func:`register_layer` adds a layer 
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
+import backprop.nn  # noqa: F401  (its __init__ imports every layer file, so every layer is registered)
 from backprop.engine.random import get_rng
 from backprop.engine.tensor import Tensor
 from backprop.io.atomic import write_bytes_atomic
-from backprop.nn import layers as L
 from backprop.nn.module import Module, Sequential
+from backprop.nn.registry import LAYER_TYPES, Arg, LayerSpec, name_of, register_layer
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "LAYER_TYPES", "Arg", "LayerSpec", "load", "load_metadata", "load_weights",
@@ -60,234 +59,12 @@ _SAVE_DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int6
 _MODEL_DTYPES = ("float16", "float32", "float64")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 _MAX_DEPTH = 64  # nested Sequentials
-_JSON_TYPES = (bool, int, float, str, list, type(None))
-
-
-# ------------------------------------------------------------------------------------------ the whitelist
-@dataclass(frozen=True)
-class Arg:
-    """One constructor argument a whitelisted layer accepts in a config.
-
-    ``type``: ``int``, ``float``, ``bool``, ``str``, ``list`` or ``type(None)``, or a tuple of them (JSON
-    values; ``bool`` is never taken for an ``int``, an ``int`` is taken for a ``float``, floats must be
-    finite; lists are given to the constructor as tuples). ``check``: an extra test of the value, described
-    by ``expect`` in error messages. ``get``: how to read the value from a layer instance (default: the
-    attribute of the same name). ``required``: the config must give it.
-    """
-
-    type: type | tuple[type, ...]
-    check: Callable[[Any], bool] | None = None
-    expect: str = ""
-    get: Callable[[Module], Any] | None = None
-    required: bool = False
-
-    @property
-    def types(self) -> tuple[type, ...]:
-        return self.type if isinstance(self.type, tuple) else (self.type,)
-
-    def describe(self) -> str:
-        if self.expect:
-            return self.expect
-        words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                 list: "a list", type(None): "null"}
-        return " or ".join(words[t] for t in self.types)
-
-    def validate(self, value: Any) -> Any:
-        """The value as the constructor gets it; ValueError with the expectation when it does not fit."""
-        for t in self.types:
-            if t is bool:
-                ok = isinstance(value, bool)
-            elif t is int:
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif t is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                if ok and not (isinstance(value, int) and int in self.types):
-                    value = float(value)
-            elif t is type(None):
-                ok = value is None
-            else:
-                ok = isinstance(value, t)
-            if ok:
-                break
-        else:
-            raise ValueError(f"expected {self.describe()}, got {_show(value)}")
-        if self.check is not None:
-            try:
-                passed = bool(self.check(value))
-            except (TypeError, ValueError, ArithmeticError):
-                passed = False
-            if not passed:
-                raise ValueError(f"expected {self.describe()}, got {_show(value)}")
-        return value
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A whitelisted layer: its config name, its class and the constructor arguments a config may give."""
-
-    name: str
-    cls: type
-    args: Mapping[str, Arg] = field(default_factory=dict)
-
-
-LAYER_TYPES: dict[str, LayerSpec] = {}
-
-
-def register_layer(
-    cls: type, args_spec: Mapping[str, Arg | type | tuple[type, ...]] | None = None, *, name: str | None = None,
-    replace: bool = False,
-) -> type:
-    """Add ``cls`` to the layers a model file may contain; returns ``cls``.
-
-    ``args_spec`` maps each constructor argument to save to an :class:`Arg` (or just its JSON type); the
-    value is read from the layer's attribute of the same name unless ``Arg.get`` says otherwise. A
-    config naming any other argument is refused.
-
-    >>> class Scale(Module):
-    ...     def __init__(self, factor: float = 2.0):
-    ...         self.factor = factor
-    ...     def forward(self, x):
-    ...         return x * self.factor
-    >>> _ = register_layer(Scale, {"factor": float})
-    >>> model_to_config(Sequential(Scale(3.0)))["layers"]
-    [{'type': 'Scale', 'args': {'factor': 3.0}}]
-    >>> _ = LAYER_TYPES.pop("Scale")
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Module)):
-        raise TypeError(f"register_layer: expected a Module subclass, got {cls!r}")
-    if cls is Sequential or issubclass(cls, Sequential):
-        raise ValueError("register_layer: Sequential is built in (a config with 'layers'), it cannot be registered")
-    name = cls.__name__ if name is None else name
-    if not isinstance(name, str) or not name.isidentifier() or name == "Sequential":
-        raise ValueError(f"register_layer: the name must be a Python identifier other than 'Sequential', got {name!r}")
-    current = _name_of(cls)
-    if not replace:
-        if name in LAYER_TYPES and LAYER_TYPES[name].cls is not cls:
-            raise ValueError(f"register_layer: {name!r} is already {LAYER_TYPES[name].cls!r} (pass replace=True)")
-        if current is not None and current != name:
-            raise ValueError(f"register_layer: {cls.__name__} is already registered as {current!r}")
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    args: dict[str, Arg] = {}
-    for arg_name, spec in (args_spec or {}).items():
-        if not isinstance(arg_name, str) or not arg_name.isidentifier():
-            raise ValueError(f"register_layer({name}): argument names must be identifiers, got {arg_name!r}")
-        if params and not takes_any and arg_name not in params:
-            raise ValueError(f"register_layer({name}): {cls.__name__}() takes no argument {arg_name!r}")
-        if not isinstance(spec, Arg):
-            spec = Arg(spec)
-        if not all(t in _JSON_TYPES for t in spec.types):
-            raise ValueError(f"register_layer({name}): argument {arg_name!r} must be of JSON types "
-                             f"(int, float, bool, str, list, NoneType), got {spec.type!r}")
-        args[arg_name] = spec
-    if current is not None and current != name:
-        del LAYER_TYPES[current]
-    LAYER_TYPES[name] = LayerSpec(name, cls, MappingProxyType(args))
-    return cls
-
-
-def _name_of(cls: type) -> str | None:
-    """The whitelist name of exactly this class (a subclass may behave differently, so it is not taken)."""
-    for name, spec in LAYER_TYPES.items():
-        if spec.cls is cls:
-            return name
-    return None
-
-
-def _register_builtin_layers() -> None:
-    positive = Arg(int, check=lambda v: v > 0, expect="an integer > 0", required=True)
-    register_layer(L.Linear, {
-        "in_features": positive,
-        "out_features": positive,
-        "bias": Arg(bool, get=lambda m: m.bias is not None),
-    })
-    for cls in (L.Identity, L.ReLU, L.Sigmoid, L.Tanh):
-        register_layer(cls, {})
-    register_layer(L.LeakyReLU, {"negative_slope": float})
-    register_layer(L.GELU, {"approximate": Arg(str, check=lambda v: v in ("none", "tanh"),
-                                               expect="'none' or 'tanh'")})
-    register_layer(L.Softmax, {"dim": int})
-    register_layer(L.LogSoftmax, {"dim": int})
-    register_layer(L.Flatten, {"start_dim": int})
-    register_layer(L.Dropout, {"p": Arg(float, check=lambda v: 0.0 <= v < 1.0, expect="a number in [0, 1)")})
-    register_layer(L.Unflatten, {"dim": Arg(int, required=True), "unflattened_size": Arg(
-        list, check=lambda v: 0 < len(v) <= 8 and all(_small_int(i, -1) for i in v), expect="a list of sizes",
-        required=True)})
-    _register_layer_families()
-
-
-def _small_int(v: Any, low: int = 0, high: int = 1 << 20) -> bool:
-    """An int in [low, high]: sizes in a model file are bounded, so a crafted file cannot ask for huge arrays."""
-    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-def _ints_or_int(low: int, required: bool = False, allow_str: tuple[str, ...] = ()) -> Arg:
-    """An int, a list of ints (a pair for 2-D layers), or one of the strings ``allow_str``."""
-
-    def ok(v: Any) -> bool:
-        if isinstance(v, str):
-            return v in allow_str
-        return _small_int(v, low) or (isinstance(v, list) and 0 < len(v) <= 3 and all(_small_int(i, low) for i in v))
-
-    types: tuple[type, ...] = (int, list, str) if allow_str else (int, list)
-    return Arg(types, check=ok, expect=f"an integer >= {low} or a list of them"
-               + (f" or one of {allow_str}" if allow_str else ""), required=required)
-
-
-def _register_layer_families() -> None:
-    """Convolution, pooling, normalisation and embedding layers (their own modules in backprop.nn)."""
-    from backprop.nn import conv, embedding, normalization, pooling
-
-    size = Arg(int, check=lambda v: _small_int(v, 1), expect="an integer in [1, 2**20]", required=True)
-    conv_args = {
-        "in_channels": size, "out_channels": size, "kernel_size": _ints_or_int(1, required=True),
-        "stride": _ints_or_int(1), "padding": _ints_or_int(0, allow_str=("same", "valid")),
-        "dilation": _ints_or_int(1), "groups": Arg(int, check=lambda v: _small_int(v, 1), expect="an integer >= 1"),
-        "bias": Arg(bool, get=lambda m: m.bias is not None),
-    }
-    register_layer(conv.Conv2d, conv_args)
-    register_layer(conv.Conv1d, conv_args)
-    optional = Arg((int, list, type(None)), check=lambda v: v is None or _ints_or_int(1).check(v),
-                   expect="an integer >= 1, a list of them or null")
-    register_layer(pooling.MaxPool2d, {"kernel_size": _ints_or_int(1, required=True), "stride": optional,
-                                       "padding": _ints_or_int(0), "dilation": _ints_or_int(1), "ceil_mode": bool})
-    register_layer(pooling.AvgPool2d, {"kernel_size": _ints_or_int(1, required=True), "stride": optional,
-                                       "padding": _ints_or_int(0), "ceil_mode": bool, "count_include_pad": bool,
-                                       "divisor_override": Arg((int, type(None)))})
-    register_layer(pooling.AdaptiveAvgPool2d, {"output_size": _ints_or_int(1, required=True)})
-    norm_args = {"num_features": size, "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"),
-                 "momentum": Arg((float, type(None)), check=lambda v: v is None or 0 <= v <= 1,
-                                 expect="a number in [0, 1] or null"),
-                 "affine": bool, "track_running_stats": bool}
-    register_layer(normalization.BatchNorm1d, norm_args)
-    register_layer(normalization.BatchNorm2d, norm_args)
-    register_layer(normalization.LayerNorm, {
-        "normalized_shape": _ints_or_int(1, required=True),
-        "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"), "elementwise_affine": bool,
-        "bias": Arg(bool, get=lambda m: getattr(m, "bias", None) is not None)})
-    register_layer(embedding.Embedding, {"num_embeddings": size, "embedding_dim": size,
-                                         "padding_idx": Arg((int, type(None)))})
-
-
-_register_builtin_layers()
 
 
 # ------------------------------------------------------------------------------------------ model <-> config
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _plain(value: Any) -> Any:
-    """A layer attribute as a JSON value: NumPy scalars to Python, tuples to lists."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _as_constructor_value(value: Any) -> Any:
@@ -316,28 +93,18 @@ def _layer_to_config(module: Module, where: str, depth: int) -> dict[str, Any]:
         if names != [str(i) for i in range(len(children))]:
             raise TypeError(f"cannot save the architecture: the Sequential at {where} has sub-modules {names}, "
                             "expected only its numbered layers; use save_weights for such models")
-        if any(isinstance(v, Tensor) for v in vars(module).values()) or getattr(module, "_buffers", ()):
+        if any(isinstance(v, Tensor) for v in vars(module).values()) or any(module.named_buffers(recurse=False)):
             raise TypeError(f"cannot save the architecture: the Sequential at {where} holds tensors of its own; "
                             "use save_weights for such models")
         return {"type": "Sequential",
                 "layers": [_layer_to_config(m, f"{where}.layers[{i}]", depth + 1) for i, (_, m) in enumerate(children)]}
-    name = _name_of(cls)
+    name = name_of(cls)
     if name is None:
         raise _not_saveable(cls, where)
-    spec = LAYER_TYPES[name]
-    args: dict[str, Any] = {}
-    for arg_name, arg in spec.args.items():
-        try:
-            value = arg.get(module) if arg.get is not None else getattr(module, arg_name)
-        except AttributeError:
-            raise TypeError(f"cannot save {where} ({name}): it has no attribute {arg_name!r} to read that "
-                            "constructor argument from") from None
-        value = _plain(value)
-        try:
-            arg.validate(value)
-        except ValueError as e:
-            raise TypeError(f"cannot save {where} ({name}): argument {arg_name!r}: {e}") from None
-        args[arg_name] = value
+    try:
+        args = LAYER_TYPES[name].config(module)
+    except TypeError as e:
+        raise TypeError(f"cannot save {where} ({name}): {e}") from None
     return {"type": name, "args": args}
 
 
@@ -364,33 +131,6 @@ def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str, wh
     for key in cfg:
         if key not in allowed:
             raise ValueError(f"model config: {where}{what}: unexpected key {key!r} (allowed keys: {', '.join(allowed)})")
-
-
-def _min_weights(cls: type, kw: Mapping[str, Any]) -> int:
-    """A lower bound on the number of weights a built-in layer with these arguments holds (0 if unknown).
-
-    ``load`` compares it with the number of values in the file *before* building the layer, so that a small
-    crafted file cannot make it allocate and randomly initialise gigabytes (Linear(100000, 100000)) only to
-    find that the weights do not match.
-    """
-    from backprop.nn import conv, embedding, normalization
-
-    def sizes(v: Any, n: int) -> tuple[int, ...]:
-        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-
-    try:
-        if cls is L.Linear:
-            return kw["in_features"] * kw["out_features"]
-        if cls in (conv.Conv1d, conv.Conv2d):
-            kernel = sizes(kw["kernel_size"], 1 if cls is conv.Conv1d else 2)
-            return kw["out_channels"] * (kw["in_channels"] // max(kw.get("groups", 1), 1)) * math.prod(kernel)
-        if cls is embedding.Embedding:
-            return kw["num_embeddings"] * kw["embedding_dim"]
-        if cls is normalization.LayerNorm and kw.get("elementwise_affine", True):
-            return math.prod(sizes(kw["normalized_shape"], 1))
-    except (KeyError, TypeError):  # arguments the constructor itself will refuse
-        return 0
-    return 0
 
 
 def _build(cfg: Any, where: str, depth: int, root: bool, budget: list[int] | None = None) -> Module:
@@ -432,8 +172,8 @@ def _build(cfg: Any, where: str, depth: int, root: bool, budget: list[int] | Non
     for key, arg in spec.args.items():
         if arg.required and key not in kwargs:
             raise ValueError(f"model config: {where} ({kind}): argument {key!r} is missing ({arg.describe()})")
-    if budget is not None:
-        need = _min_weights(spec.cls, kwargs)
+    if budget is not None:  # NOTE: before building: a small crafted file cannot make it allocate gigabytes
+        need = spec.weights_needed(kwargs)
         if need > budget[0]:
             raise ValueError(f"model config: {where} ({kind}): {kind}(**{kwargs}) needs at least {need} weights, "
                              f"more than the {budget[1]} values the file holds in all")
@@ -538,9 +278,7 @@ def _read_file(path: PathLike) -> tuple[str, dict[str, str], dict[str, np.ndarra
 def _state_shapes(model: Module) -> dict[str, tuple[int, ...]]:
     """Name -> shape of everything ``state_dict`` holds, without copying it."""
     shapes = {name: p.data.shape for name, p in model.named_parameters()}
-    for mod_name, mod in model.named_modules():
-        for name in getattr(mod, "_buffers", ()):
-            shapes[f"{mod_name}.{name}" if mod_name else name] = np.shape(getattr(mod, name))
+    shapes.update((name, buf.shape) for name, buf in model.named_buffers(persistent_only=True))
     return shapes
 
 

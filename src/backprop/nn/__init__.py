@@ -13,6 +13,7 @@ from backprop.nn.layers import (
     GELU,
     Dropout,
     Flatten,
+    Hardtanh,
     Identity,
     LeakyReLU,
     Linear,
@@ -20,6 +21,7 @@ from backprop.nn.layers import (
     ReLU,
     Sigmoid,
     Softmax,
+    Softplus,
     Tanh,
     Unflatten,
 )
@@ -29,7 +31,7 @@ from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "Dropout",
-    "Embedding", "Flatten", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Module",
-    "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "Unflatten", "functional", "init",
-    "losses", "models", "utils",
+    "Embedding", "Flatten", "Hardtanh", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d",
+    "Module", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh", "Unflatten",
+    "functional", "init", "losses", "models", "utils",
 ]

@@ -50,8 +50,12 @@ from numpy.lib.stride_tricks import as_strided
 
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
-from backprop.nn import init
+from backprop.nn._common import int_tuple as _ints
+from backprop.nn._common import pad_images as _pad
+from backprop.nn.contract import OnnxGraph
+from backprop.nn.init import kaiming_uniform_, uniform_
 from backprop.nn.module import Module, Parameter
+from backprop.nn.registry import SIZE, Arg, Example, int_arg, layer_type, small_int
 
 __all__ = ["Conv1d", "Conv1dFn", "Conv2d", "Conv2dFn", "conv1d", "conv2d"]
 
@@ -60,24 +64,6 @@ _WGRAD_TEMP_BYTES = 1 << 24
 
 
 # ------------------------------------------------------------------------------------- argument parsing
-def _ints(value: Any, n: int, name: str, owner: str, minimum: int = 1) -> tuple[int, ...]:
-    """An int, or a tuple/list of ``n`` ints, as an ``n``-tuple of ints >= ``minimum``."""
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-    if is_int(value):
-        vals = (int(value),) * n
-    elif isinstance(value, (tuple, list)) and len(value) == n and all(is_int(v) for v in value):
-        vals = tuple(int(v) for v in value)
-    else:
-        raise ValueError(f"{owner}: {name} must be an int or a tuple of {n} ints, got {value!r}")
-    if min(vals) < minimum:
-        what = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{owner}: {name} must be {what}, got {value!r}")
-    return vals
-
-
 def _padding(padding: Any, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
              owner: str) -> tuple[tuple[int, int], ...]:
     """PyTorch's padding argument as (before, after) per spatial dimension.
@@ -107,17 +93,6 @@ def _check_groups(groups: Any, owner: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ the kernels
-def _pad(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0) -> np.ndarray:
-    """``x`` (N, C, H, W) with ``pads`` ((top, bottom), (left, right)) of ``value`` around each image."""
-    (pt, pb), (pl, pr) = pads
-    if not (pt or pb or pl or pr):
-        return x
-    n, c, h, w = x.shape
-    out = np.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype)
-    out[:, :, pt:pt + h, pl:pl + w] = x
-    return out
-
-
 def _windows(xp: np.ndarray, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int],
              oh: int, ow: int) -> np.ndarray:
     """The read-only strided view (N, C, kh, kw, OH, OW): [n, c, i, j, y, x] = xp[n, c, y*sh + i*dh, x*sw + j*dw]."""
@@ -476,15 +451,27 @@ class _ConvNd(Module):
     def reset_parameters(self) -> None:
         # NOTE: PyTorch's kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
         # fan_in = in_channels/groups * prod(kernel_size); the bias uses the same bound.
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             fan_in = int(np.prod(self.weight.data.shape[1:]))
             bound = 1.0 / math.sqrt(fan_in)
-            init.uniform_(self.bias, -bound, bound)
+            uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         return _apply(self._fn, x, self.weight, self.bias, self._dims + 1, stride=self.stride,
                       padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """Conv (strides, pads, incl. ``"same"``/``"valid"``, dilations, group)."""
+        n = self._dims
+        g.need_batched(n + 2, "(N, C, L)" if n == 1 else "(N, C, H, W)")
+        pads = _padding(self.padding, self.kernel_size, self.stride, self.dilation, type(self).__name__)
+        inputs = [x, g.weight(self.weight.data, "weight")]
+        if self.bias is not None:
+            inputs.append(g.weight(self.bias.data, "bias"))
+        return g.node("Conv", inputs, kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                      dilations=list(self.dilation), pads=[p[0] for p in pads] + [p[1] for p in pads],
+                      group=self.groups)
 
     def extra_repr(self) -> str:
         n = self._dims
@@ -500,6 +487,27 @@ class _ConvNd(Module):
         return s
 
 
+def _conv_weights(kw: dict[str, Any], dims: int) -> int:
+    kernel = kw["kernel_size"]
+    kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,) * dims
+    return kw["out_channels"] * (kw["in_channels"] // max(kw.get("groups", 1), 1)) * math.prod(kernel)
+
+
+_CONV_ARGS = {
+    "in_channels": SIZE, "out_channels": SIZE, "kernel_size": int_arg(1, required=True),
+    "stride": int_arg(1), "padding": int_arg(0, allow_str=("same", "valid")),
+    "dilation": int_arg(1), "groups": Arg(int, check=lambda v: small_int(v, 1), expect="an integer >= 1"),
+    "bias": Arg(bool, get=lambda m: m.bias is not None),
+}
+
+
+@layer_type(_CONV_ARGS, examples=[
+    Example(lambda: Conv2d(2, 4, 3, padding=1), (2, 2, 5, 5), lambda T: T.nn.Conv2d(2, 4, 3, padding=1)),
+    Example(lambda: Conv2d(4, 2, (2, 3), stride=2, dilation=(1, 2), groups=2, bias=False), (2, 4, 7, 8),
+            lambda T: T.nn.Conv2d(4, 2, (2, 3), stride=2, dilation=(1, 2), groups=2, bias=False), "strided groups"),
+    Example(lambda: Conv2d(2, 3, 2, padding="same"), (1, 2, 4, 5), lambda T: T.nn.Conv2d(2, 3, 2, padding="same"),
+            "same"),
+], min_weights=lambda kw: _conv_weights(kw, 2))
 class Conv2d(_ConvNd):
     """2-D convolution layer, as ``torch.nn.Conv2d``: weight (out, in/groups, kh, kw), bias (out,).
 
@@ -511,6 +519,9 @@ class Conv2d(_ConvNd):
     _fn = Conv2dFn
 
 
+@layer_type(_CONV_ARGS, examples=[
+    Example(lambda: Conv1d(2, 3, 3, stride=2, padding=1), (2, 2, 7), lambda T: T.nn.Conv1d(2, 3, 3, stride=2, padding=1)),
+], min_weights=lambda kw: _conv_weights(kw, 1))
 class Conv1d(_ConvNd):
     """1-D convolution layer, as ``torch.nn.Conv1d``: weight (out, in/groups, k), bias (out,)."""
 

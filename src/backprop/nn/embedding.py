@@ -20,8 +20,10 @@ import numpy as np
 
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
-from backprop.nn import init
+from backprop.nn.contract import OnnxGraph
+from backprop.nn.init import normal_
 from backprop.nn.module import Module, Parameter
+from backprop.nn.registry import SIZE, Arg, Example, layer_type
 
 __all__ = ["Embedding", "EmbeddingLookup", "embedding"]
 
@@ -94,11 +96,18 @@ def embedding(indices: Any, weight: Tensor, padding_idx: int | None = None) -> T
     return EmbeddingLookup.apply(w, indices=idx, padding_idx=pad)
 
 
+@layer_type({"num_embeddings": SIZE, "embedding_dim": SIZE, "padding_idx": Arg((int, type(None)))}, examples=[
+    Example(lambda: Embedding(10, 4), lambda rng: rng.integers(0, 10, (3, 5)), lambda T: T.nn.Embedding(10, 4)),
+    Example(lambda: Embedding(6, 3, padding_idx=0), lambda rng: rng.integers(0, 6, (7,)),
+            lambda T: T.nn.Embedding(6, 3, padding_idx=0), "padding_idx"),
+], min_weights=lambda kw: kw["num_embeddings"] * kw["embedding_dim"])
 class Embedding(Module):
     """A table of ``num_embeddings`` vectors of size ``embedding_dim``; weight ~ N(0, 1) as in PyTorch.
 
     ``padding_idx``: that row is zeroed at initialisation and never receives a gradient.
     """
+
+    input_kind = "indices"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  dtype: Any = DEFAULT_DTYPE) -> None:
@@ -114,7 +123,7 @@ class Embedding(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init.normal_(self.weight, 0.0, 1.0)
+        normal_(self.weight, 0.0, 1.0)
         if self.padding_idx is not None:
             self.weight.data[self.padding_idx] = 0
 
@@ -138,3 +147,7 @@ class Embedding(Module):
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """Gather of the table's rows (integer input)."""
+        return g.node("Gather", [g.weight(self.weight.data, "weight"), x], axis=0)

@@ -31,6 +31,11 @@ from backprop.engine.random import get_rng
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import Function, Tensor
 
+# The other layer families as functions, so ``F.conv2d``, ``F.batch_norm``... work as in PyTorch. NOTE: at the
+# top, one way only: those files import neither this module nor the layers, so nn's imports form no cycle.
+from backprop.nn.conv import conv1d, conv2d
+from backprop.nn.embedding import embedding
+
 # NOTE: the losses live in nn.losses (which imports only the engine); the private helpers are re-exported
 # for code that still reaches them here (training/fit.py uses _as_target)
 from backprop.nn.losses import (  # noqa: F401
@@ -45,6 +50,8 @@ from backprop.nn.losses import (  # noqa: F401
     mse_loss,
     nll_loss,
 )
+from backprop.nn.normalization import batch_norm, layer_norm
+from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
 @register(cases(
@@ -119,12 +126,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, rng: np.random.Gen
         return x
     return Dropout.apply(x, p=p, rng=rng)
 
-
-# The other layer families as functions, so ``F.conv2d``, ``F.batch_norm``... work as in PyTorch.
-from backprop.nn.conv import conv1d, conv2d
-from backprop.nn.embedding import embedding
-from backprop.nn.normalization import batch_norm, layer_norm
-from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits",

@@ -4,20 +4,35 @@ A Module's parameters are the :class:`Parameter` attributes of it and of its sub
 are Modules, or lists/tuples of Modules), named by their attribute path (``0.weight``, ``encoder.1.bias``),
 in the order they were assigned. Names and layouts match PyTorch, so state dicts move between the two.
 
+Buffers are the other arrays a module keeps and saves (batch norm's running statistics): declared with
+:meth:`Module.register_buffer`, as in PyTorch, found by :meth:`Module.named_buffers`, saved by
+``state_dict`` when persistent and cast by :meth:`Module.to`. They stay plain attributes (``bn.running_mean``
+is the NumPy array); assigning to one keeps it a buffer.
+
+What a layer declares about itself is a class attribute, so no other file keeps a list of layers:
+``keeps_shape`` (its output has its input's shape: the repr carries the width through it), ``input_kind``
+(what ONNX export feeds it) and ``onnx`` (its ONNX export, see :mod:`backprop.nn.contract`).
+
 >>> import backprop as bp
 >>> net = bp.nn.Sequential(bp.nn.Linear(4, 3), bp.nn.ReLU(), bp.nn.Linear(3, 2))
 >>> [name for name, _ in net.named_parameters()]
 ['0.weight', '0.bias', '2.weight', '2.bias']
+>>> m = Module()
+>>> m.register_buffer("steps", np.zeros((), dtype=np.int64))
+>>> m.steps += 1
+>>> [(name, int(b)) for name, b in m.named_buffers()], list(m.state_dict())
+([('steps', 1)], ['steps'])
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from backprop.engine.tensor import Tensor
+from backprop.nn.contract import NotExportable, OnnxGraph, not_saveable
 
 
 class Parameter(Tensor):
@@ -32,10 +47,30 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+def _buffer_value(name: str, value: Any) -> np.ndarray | None:
+    """What a buffer holds: a NumPy array of numbers (a Tensor's array itself, not a copy), or None."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        value = value.data
+    if not isinstance(value, (np.ndarray, np.generic, int, float)) or isinstance(value, bool):
+        raise TypeError(f"cannot assign a {type(value).__name__} to buffer {name!r} (an array, a Tensor or None "
+                        "expected)")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"buffer {name!r} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
 class Module:
     """Base class of layers and models: subclass it, assign layers and Parameters in ``__init__``, write ``forward``."""
 
     training: bool = True
+    # NOTE: declarations of the layer classes, read by the repr, the ONNX exporter and the completeness test
+    # (tests/test_layer_registry.py); the defaults are those of a custom Module.
+    keeps_shape: ClassVar[bool] = False  # the output has the input's shape (activations, dropout, normalisation)
+    input_kind: ClassVar[str] = "float"  # "float", "indices" (integer input, Embedding) or "any" (passes through)
+    onnx: ClassVar[Any] = None  # a method onnx(self, g, x) -> str, or NotExportable(reason); None: undecided
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
@@ -78,6 +113,72 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    # ----------------------------------------------------------------------------------------- buffers
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        """Declare the array ``tensor`` (a NumPy array, a Tensor's array, or None) as the buffer ``name``.
+
+        As in PyTorch: it becomes the attribute ``name``, is listed by :meth:`named_buffers`, saved by
+        ``state_dict`` unless ``persistent=False``, and cast by :meth:`to`. None (a buffer not in use) is
+        listed nowhere until an array is assigned to it.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"register_buffer: the name must be a string, got {type(name).__name__}")
+        if not name.isidentifier():
+            raise KeyError(f"register_buffer: the name must be an identifier (no '.', not empty), got {name!r}")
+        specs: dict[str, bool] = self.__dict__.setdefault("_buffer_specs", {})
+        if name not in specs and hasattr(self, name):
+            raise KeyError(f"register_buffer: attribute {name!r} already exists")
+        value = _buffer_value(name, tensor)
+        specs[name] = bool(persistent)
+        object.__setattr__(self, name, value)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True, *,
+                      persistent_only: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) of every buffer (of this module only if ``recurse=False``); ``persistent_only``:
+        those ``state_dict`` saves."""
+        seen: set[int] = set()
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for mod_name, mod in modules:
+            for name, persistent in mod.__dict__.get("_buffer_specs", {}).items():
+                value = mod.__dict__.get(name)
+                if value is None or (persistent_only and not persistent) or id(value) in seen:
+                    continue
+                seen.add(id(value))
+                yield (f"{mod_name}.{name}" if mod_name else name), value
+
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        specs = self.__dict__.get("_buffer_specs")
+        if specs is not None and name in specs:
+            if isinstance(value, (Parameter, Module)):
+                del specs[name]  # NOTE: as in PyTorch, a Parameter or Module assigned to a buffer's name replaces it
+            else:
+                value = _buffer_value(name, value)  # stays a buffer (an array), as .to() and loading expect
+        elif isinstance(self.__dict__.get(name), Parameter) and not (value is None or isinstance(value, Parameter)):
+            # NOTE: PyTorch's rule: a plain array or Tensor in place of a Parameter would silently stop training it
+            raise TypeError(f"cannot assign a {type(value).__name__} as parameter {name!r} (a Parameter or None "
+                            "expected; to change its values, write into .data)")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        self.__dict__.get("_buffer_specs", {}).pop(name, None)
+
+    @property
+    def _buffers(self) -> tuple[str, ...]:
+        """The names of this module's buffers in use. NOTE: the pre-``register_buffer`` interface, kept for
+        code that reads ``getattr(mod, "_buffers", ())``: use ``named_buffers()``."""
+        return tuple(name for name, _ in self.named_buffers(recurse=False))
+
+    @_buffers.setter
+    def _buffers(self, names: Iterable[str]) -> None:
+        # NOTE: the old way to declare buffers (assigning their names) still declares them
+        for name in names:
+            self.register_buffer(name, self.__dict__.get(name))
+
     def num_parameters(self) -> int:
         """Total number of learnable scalars."""
         return int(sum(p.data.size for p in self.parameters()))
@@ -99,19 +200,16 @@ class Module:
         return self.train(False)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter (and buffer, such as running statistics), by name."""
+        """A copy of every parameter (and persistent buffer, such as running statistics), by name."""
         out = {name: p.data.copy() for name, p in self.named_parameters()}
-        for mod_name, mod in self.named_modules():
-            for name in getattr(mod, "_buffers", ()):
-                out[f"{mod_name}.{name}" if mod_name else name] = np.array(getattr(mod, name))
+        for name, buf in self.named_buffers(persistent_only=True):
+            out[name] = np.array(buf)
         return out
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Copy arrays into the parameters in place. Everything is checked before anything is changed."""
         targets: dict[str, np.ndarray] = {name: p.data for name, p in self.named_parameters()}
-        for mod_name, mod in self.named_modules():
-            for name in getattr(mod, "_buffers", ()):
-                targets[f"{mod_name}.{name}" if mod_name else name] = getattr(mod, name)
+        targets.update(self.named_buffers(persistent_only=True))
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
@@ -140,8 +238,7 @@ class Module:
             p.data = p.data.astype(dtype)
             p.grad = None if p.grad is None else p.grad.astype(dtype)
         for mod in self.modules():
-            for name in getattr(mod, "_buffers", ()):
-                buf = getattr(mod, name)
+            for name, buf in list(mod.named_buffers(recurse=False)):
                 if buf.dtype.kind == "f":
                     setattr(mod, name, buf.astype(dtype))
         return self
@@ -176,7 +273,7 @@ class Module:
                 width = f"{child.out_features} features"
             elif getattr(child, "out_channels", None) is not None:
                 width = f"{child.out_channels} channels"
-            elif not _keeps_shape(child):
+            elif not child.keeps_shape:
                 width = None
             n = child.num_parameters()
             info = [f"-> {width}"] if width else []
@@ -186,15 +283,6 @@ class Module:
         total = self.num_parameters()
         lines.append(f"){'  # ' + f'{total:,} parameters' if total or own else ''}")
         return "\n".join(lines)
-
-
-def _keeps_shape(m: Module) -> bool:
-    """Layers whose output has the size of their input (activations, dropout, normalisation)."""
-    from backprop.nn import layers, normalization  # NOTE: imported here, they import this module
-
-    return isinstance(m, (layers.ReLU, layers.LeakyReLU, layers.Sigmoid, layers.Tanh, layers.GELU, layers.Softmax,
-                          layers.LogSoftmax, layers.Dropout, layers.Identity, normalization.BatchNorm1d,
-                          normalization.BatchNorm2d, normalization.LayerNorm))
 
 
 class Sequential(Module):
@@ -236,9 +324,28 @@ class Sequential(Module):
         setattr(self, str(len(self)), layer)
         return self
 
+    @property
+    def input_kind(self) -> str:  # type: ignore[override]
+        """That of its first layer that does not merely pass its input on."""
+        for layer in self.layers:
+            if layer.input_kind != "any":
+                return layer.input_kind
+        return "any"
 
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """Its layers' exports, one after the other (saving: the file format's own container)."""
+        for name, layer in vars(self).items():
+            if isinstance(layer, Module):
+                x = g.layer(layer, x, name)
+        return x
+
+
+@not_saveable("a list of modules has no forward of its own: the Module that uses it is a custom one "
+              "(save_weights saves its weights)")
 class ModuleList(Module):
     """A list of modules whose parameters are registered (``0.weight``, ``1.weight``, ...)."""
+
+    onnx = NotExportable("a list of modules has no forward of its own; the Module that uses it decides")
 
     def __init__(self, modules: Iterable[Module] = ()) -> None:
         for m in modules:

@@ -21,6 +21,7 @@ values, dL/dx = (1/n) * gamma / std * (n*g - sum(g) - x^ * sum(g * x^)).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +30,10 @@ import numpy as np
 
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
-from backprop.nn import init
+from backprop.nn.contract import OnnxGraph
+from backprop.nn.init import ones_, zeros_
 from backprop.nn.module import Module, Parameter
+from backprop.nn.registry import SIZE, Arg, Example, int_arg, layer_type
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNormEval", "BatchNormTrain", "LayerNorm", "LayerNormFused",
@@ -276,6 +279,7 @@ class _BatchNorm(Module):
     """What BatchNorm1d and BatchNorm2d share: parameters, buffers, and PyTorch's train/eval logic."""
 
     _expected_dims: tuple[int, ...] = ()
+    keeps_shape = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype: Any = DEFAULT_DTYPE) -> None:
@@ -299,15 +303,12 @@ class _BatchNorm(Module):
             self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
         else:
             self.weight = self.bias = None
-        if self.track_running_stats:
-            # Buffers: saved and loaded by state_dict under PyTorch's names, cast by .to()/.double().
-            self._buffers = ("running_mean", "running_var", "num_batches_tracked")
-            self.running_mean = np.zeros(self.num_features, dtype=dtype)
-            self.running_var = np.ones(self.num_features, dtype=dtype)
-            self.num_batches_tracked = np.zeros((), dtype=np.int64)
-        else:
-            self._buffers = ()
-            self.running_mean = self.running_var = self.num_batches_tracked = None
+        # Buffers: saved and loaded by state_dict under PyTorch's names, cast by .to()/.double(); None (in
+        # use nowhere) without running statistics, as in PyTorch.
+        track = self.track_running_stats
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dtype) if track else None)
+        self.register_buffer("running_var", np.ones(self.num_features, dtype=dtype) if track else None)
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64) if track else None)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -318,8 +319,8 @@ class _BatchNorm(Module):
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+            ones_(self.weight)
+            zeros_(self.bias)
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.ndim not in self._expected_dims:
@@ -354,7 +355,30 @@ class _BatchNorm(Module):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
 
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """BatchNormalization with the running statistics (the eval-mode layer)."""
+        if not self.track_running_stats:
+            raise g.error("track_running_stats=False normalises with the batch's own statistics even in eval mode; "
+                          "ONNX's BatchNormalization needs running statistics")
+        c = self.num_features
+        scale = self.weight.data if self.affine else np.ones(c)
+        bias = self.bias.data if self.affine else np.zeros(c)
+        inputs = [x, g.weight(scale, "weight"), g.weight(bias, "bias"), g.weight(self.running_mean, "running_mean"),
+                  g.weight(self.running_var, "running_var")]
+        return g.node("BatchNormalization", inputs, epsilon=self.eps)
 
+
+_BN_ARGS = {"num_features": SIZE, "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"),
+            "momentum": Arg((float, type(None)), check=lambda v: v is None or 0 <= v <= 1,
+                            expect="a number in [0, 1] or null"),
+            "affine": bool, "track_running_stats": bool}
+
+
+@layer_type(_BN_ARGS, examples=[
+    Example(lambda: BatchNorm1d(3), (4, 3), lambda T: T.nn.BatchNorm1d(3)),
+    Example(lambda: BatchNorm1d(2, momentum=None, affine=False), (3, 2, 5),
+            lambda T: T.nn.BatchNorm1d(2, momentum=None, affine=False), "(N, C, L) cumulative"),
+])
 class BatchNorm1d(_BatchNorm):
     """Batch norm of (N, C) or (N, C, L) inputs, per channel C (``torch.nn.BatchNorm1d``).
 
@@ -367,6 +391,9 @@ class BatchNorm1d(_BatchNorm):
     _expected_dims = (2, 3)
 
 
+@layer_type(_BN_ARGS, examples=[
+    Example(lambda: BatchNorm2d(2, eps=1e-3), (3, 2, 4, 4), lambda T: T.nn.BatchNorm2d(2, eps=1e-3)),
+])
 class BatchNorm2d(_BatchNorm):
     """Batch norm of (N, C, H, W) inputs, per channel C (``torch.nn.BatchNorm2d``)."""
 
@@ -466,6 +493,21 @@ def layer_norm(input: Tensor, normalized_shape: Any, weight: Any = None, bias: A
     return LayerNormFused.apply(x, *params, k=k, has_weight=weight is not None, has_bias=bias is not None, eps=eps)
 
 
+def _prod(v: Any) -> int:
+    return math.prod(v if isinstance(v, (tuple, list)) else (v,))
+
+
+@layer_type({
+    "normalized_shape": int_arg(1, required=True),
+    "eps": Arg(float, check=lambda v: v > 0, expect="a number > 0"), "elementwise_affine": bool,
+    "bias": Arg(bool, get=lambda m: getattr(m, "bias", None) is not None),
+}, examples=[
+    Example(lambda: LayerNorm(4), (3, 4), lambda T: T.nn.LayerNorm(4)),
+    Example(lambda: LayerNorm((3, 4), eps=1e-3, bias=False), (2, 3, 4),
+            lambda T: T.nn.LayerNorm((3, 4), eps=1e-3, bias=False), "2 dims no bias"),
+    Example(lambda: LayerNorm(4, elementwise_affine=False), (2, 4), lambda T: T.nn.LayerNorm(4, elementwise_affine=False),
+            "no affine"),
+], min_weights=lambda kw: _prod(kw["normalized_shape"]) if kw.get("elementwise_affine", True) else 0)
 class LayerNorm(Module):
     """Layer norm over the last dims (``torch.nn.LayerNorm``): weight (ones) and bias (zeros) of that shape.
 
@@ -474,6 +516,8 @@ class LayerNorm(Module):
     >>> ln(bp.tensor([[1.0, 2.0, 3.0]])).data.astype(float).round(4).tolist()
     [[-1.2247, 0.0, 1.2247]]
     """
+
+    keeps_shape = True
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  dtype: Any = DEFAULT_DTYPE) -> None:
@@ -491,9 +535,9 @@ class LayerNorm(Module):
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
-            init.ones_(self.weight)
+            ones_(self.weight)
         if self.bias is not None:
-            init.zeros_(self.bias)
+            zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -502,3 +546,28 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """LayerNormalization (opset >= 17); below: ReduceMean, Sub, Sqrt, Div..."""
+        k = len(self.normalized_shape)
+        if g.dynamic_batch and k >= len(g.in_shape):
+            raise g.error(f"normalized_shape {self.normalized_shape} includes the batch dimension of the example "
+                          f"shape {g.in_shape}; export with dynamic_batch=False")
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        if g.opset >= 17:
+            # NOTE: the optional bias is given (zeros) too: onnxruntime 1.16's Gelu fusion crashes without it
+            inputs = [x, g.weight(np.ones(self.normalized_shape) if w is None else w, "weight"),
+                      g.weight(np.zeros(self.normalized_shape) if b is None else b, "bias")]
+            return g.node("LayerNormalization", inputs, axis=-k, epsilon=self.eps)
+        axes = list(range(-k, 0))  # opset < 17: (x - mean) / sqrt(var + eps), means over the last k axes
+        mean = g.node("ReduceMean", [x], axes=axes, keepdims=1)
+        xc = g.node("Sub", [x, mean])
+        var = g.node("ReduceMean", [g.node("Mul", [xc, xc])], axes=axes, keepdims=1)
+        std = g.node("Sqrt", [g.node("Add", [var, g.const(self.eps)])])
+        y = g.node("Div", [xc, std])
+        if w is not None:
+            y = g.node("Mul", [y, g.weight(w, "weight")])
+        if b is not None:
+            y = g.node("Add", [y, g.weight(b, "bias")])
+        return y

@@ -15,14 +15,9 @@ common 2x2/stride-2 case) write the input gradient directly; overlapping ones sc
 >>> import backprop as bp
 >>> from backprop.nn.pooling import MaxPool2d
 >>> x = bp.tensor(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4), requires_grad=True)
->>> y = MaxPool2d(2)(x); y.data[0, 0]
+>>> y = MaxPool2d(2)(x); y.data[0, 0]      # the gradient flows back to the 5, 7, 13 and 15 of x
 array([[ 5.,  7.],
        [13., 15.]], dtype=float32)
->>> y.sum().backward(); x.grad[0, 0]
-array([[0., 0., 0., 0.],
-       [0., 1., 0., 1.],
-       [0., 0., 0., 0.],
-       [0., 1., 0., 1.]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -33,8 +28,11 @@ import numpy as np
 
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import Function, Tensor
-from backprop.nn.conv import _ints, _pad
+from backprop.nn._common import int_tuple as _ints
+from backprop.nn._common import pad_images as _pad
+from backprop.nn.contract import OnnxGraph
 from backprop.nn.module import Module
+from backprop.nn.registry import Arg, Example, int_arg, layer_type
 
 __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveAvgPool2dFn", "AvgPool2d", "AvgPool2dFn", "MaxPool2d", "MaxPool2dFn",
@@ -332,6 +330,24 @@ def adaptive_avg_pool2d(x: Tensor, output_size: Any) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- Modules
+_OPTIONAL_STRIDE = Arg((int, list, type(None)), check=lambda v: v is None or int_arg(1).check(v),
+                       expect="an integer >= 1, a list of them or null")
+
+
+def _onnx_geometry(m: Module, g: OnnxGraph, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _Geometry:
+    g.need_batched(4, "(N, C, H, W)")
+    return _Geometry(g.in_shape, kernel, stride, padding, dilation, bool(m.ceil_mode), type(m).__name__)
+
+
+# NOTE: in ONNX, ceil_mode is written as the extra padding after the input that it implies (backprop's,
+# PyTorch's rule: a last window that would start in the right padding is dropped), with ceil_mode=0 in the
+# graph. ONNX's ceil_mode leaves that rule to the runtime: onnx's shape inference and onnxruntime disagree on it.
+@layer_type({"kernel_size": int_arg(1, required=True), "stride": _OPTIONAL_STRIDE, "padding": int_arg(0),
+             "dilation": int_arg(1), "ceil_mode": bool}, examples=[
+    Example(lambda: MaxPool2d(2), (2, 3, 6, 6), lambda T: T.nn.MaxPool2d(2)),
+    Example(lambda: MaxPool2d(3, 2, 1, ceil_mode=True), (1, 2, 6, 7),
+            lambda T: T.nn.MaxPool2d(3, 2, 1, ceil_mode=True), "pad 1 ceil_mode"),
+])
 class MaxPool2d(Module):
     """Max pooling, as ``torch.nn.MaxPool2d`` (no parameters)."""
 
@@ -351,7 +367,27 @@ class MaxPool2d(Module):
         return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """MaxPool (pads, dilations; ceil_mode as the extra end padding it implies)."""
+        kernel, stride, padding, dilation = _pool_args(self.kernel_size, self.stride, self.padding, self.dilation,
+                                                       "MaxPool2d")
+        geo = _onnx_geometry(self, g, kernel, stride, padding, dilation)
+        begin, end = padding, geo.after
+        if any(p >= k for p, k in zip((*begin, *end), (*kernel, *kernel))):  # onnxruntime wants pads < kernel
+            x = g.pad(x, begin, end, -np.inf)
+            begin = end = (0, 0)
+        return g.node("MaxPool", [x], kernel_shape=list(kernel), strides=list(stride), pads=[*begin, *end],
+                      dilations=list(dilation), ceil_mode=0)
 
+
+@layer_type({"kernel_size": int_arg(1, required=True), "stride": _OPTIONAL_STRIDE, "padding": int_arg(0),
+             "ceil_mode": bool, "count_include_pad": bool, "divisor_override": Arg((int, type(None)))}, examples=[
+    Example(lambda: AvgPool2d(2), (2, 3, 6, 6), lambda T: T.nn.AvgPool2d(2)),
+    Example(lambda: AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (1, 2, 6, 7),
+            lambda T: T.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), "exclude pad ceil_mode"),
+    Example(lambda: AvgPool2d(2, divisor_override=3), (1, 2, 4, 4),
+            lambda T: T.nn.AvgPool2d(2, divisor_override=3), "divisor_override"),
+])
 class AvgPool2d(Module):
     """Average pooling, as ``torch.nn.AvgPool2d`` (no parameters)."""
 
@@ -369,7 +405,33 @@ class AvgPool2d(Module):
         stride = self.kernel_size if self.stride is None else self.stride
         return f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}"
 
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """AveragePool (pads, ceil_mode likewise, count_include_pad; a Pad first where the divisor needs it;
+        divisor_override: AveragePool * k*k/d)."""
+        kernel, stride, padding, _ = _pool_args(self.kernel_size, self.stride, self.padding, 1, "AvgPool2d")
+        geo = _onnx_geometry(self, g, kernel, stride, padding, (1, 1))
+        after = geo.after
+        extra = tuple(a - p for a, p in zip(after, padding))  # ceil_mode's windows reaching beyond the padding
+        attrs: dict[str, Any] = {"kernel_shape": list(kernel), "strides": list(stride), "ceil_mode": 0}
+        if self.divisor_override is not None:  # sum / d: pad with zeros, average k*k elements everywhere, * k*k/d
+            if any(padding) or any(after):
+                x = g.pad(x, padding, after, 0.0)
+            y = g.node("AveragePool", [x], **attrs)
+            return g.node("Mul", [y, g.const(kernel[0] * kernel[1] / self.divisor_override)])
+        if not any(extra):
+            return g.node("AveragePool", [x], pads=[*padding, *padding],
+                          count_include_pad=int(bool(self.count_include_pad)), **attrs)
+        if self.count_include_pad and any(padding):  # count the padding, not what lies beyond it: pad it for real
+            x = g.pad(x, padding, padding, 0.0)
+            padding = (0, 0)
+        return g.node("AveragePool", [x], pads=[*padding, *(p + e for p, e in zip(padding, extra))],
+                      count_include_pad=0, **attrs)
 
+
+@layer_type({"output_size": int_arg(1, required=True)}, examples=[
+    Example(lambda: AdaptiveAvgPool2d(1), (2, 3, 4, 5), lambda T: T.nn.AdaptiveAvgPool2d(1)),
+    Example(lambda: AdaptiveAvgPool2d((2, 3)), (2, 2, 6, 6), lambda T: T.nn.AdaptiveAvgPool2d((2, 3)), "(2, 3)"),
+])
 class AdaptiveAvgPool2d(Module):
     """Adaptive average pooling to ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``."""
 
@@ -382,4 +444,17 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+    def onnx(self, g: OnnxGraph, x: str) -> str:
+        """GlobalAveragePool for output size 1; AveragePool when the sizes divide the input's."""
+        g.need_batched(4, "(N, C, H, W)")
+        h, w = g.in_shape[2:]
+        oh, ow = _output_size(self.output_size, h, w)
+        if (oh, ow) == (1, 1):
+            return g.node("GlobalAveragePool", [x])
+        if h % oh or w % ow:
+            raise g.error(f"output size ({oh}, {ow}) does not divide the input size ({h}, {w}) (example shape "
+                          f"{g.in_shape}); only output size 1 or sizes that divide the input map to ONNX pooling")
+        k = [h // oh, w // ow]
+        return g.node("AveragePool", [x], kernel_shape=k, strides=k)
 

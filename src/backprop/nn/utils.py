@@ -1,4 +1,4 @@
-"""Gradient clipping, as ``torch.nn.utils``: call between ``loss.backward()`` and ``optimizer.step()``.
+"""Gradient clipping, as ``torch.nn.utils``: call once the gradients are computed, before ``optimizer.step()``.
 
 >>> import numpy as np, backprop as bp
 >>> w = bp.nn.Parameter(np.zeros(2, dtype=np.float32))
