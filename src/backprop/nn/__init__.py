@@ -1,4 +1,11 @@
-"""Layers and losses: ``backprop.nn`` mirrors ``torch.nn``."""
+"""Layers and losses: ``backprop.nn`` mirrors ``torch.nn``.
+
+Each layer lives in one file with its save/load description and its ONNX export (see :mod:`backprop.nn.registry`).
+
+>>> import backprop as bp
+>>> bp.nn.Sequential(bp.nn.Linear(3, 2), bp.nn.Softplus())(bp.tensor([[1.0, 2.0, 3.0]])).shape
+(1, 2)
+"""
 
 from backprop.nn import (
     functional,

@@ -221,6 +221,17 @@ def register_layer(
     ``args_spec`` maps each constructor argument to save to an :class:`Arg` (or just its JSON type); the
     value is read from the layer's attribute of the same name unless ``Arg.get`` says otherwise. A
     config naming any other argument is refused. ``examples`` and ``min_weights``: see :class:`LayerSpec`.
+    (``@layer_type(args_spec, ...)`` on the class does the same where the class is defined.)
+
+    >>> class Scale(Module):
+    ...     def __init__(self, factor: float = 2.0):
+    ...         self.factor = factor
+    ...     def forward(self, x):
+    ...         return x * self.factor
+    >>> _ = register_layer(Scale, {"factor": float})
+    >>> LAYER_TYPES["Scale"].config(Scale(3))
+    {'factor': 3}
+    >>> _ = LAYER_TYPES.pop("Scale")
     """
     if not (isinstance(cls, type) and issubclass(cls, Module)):
         raise TypeError(f"register_layer: expected a Module subclass, got {cls!r}")
