@@ -153,13 +153,8 @@ def broadcast_parameters(model: Any, root: int = 0, comm: Any = None) -> None:
         raise ValueError(f"broadcast_parameters: rank {comm.Get_rank()} has other parameters than rank {root}")
     for p in model.parameters():
         _bcast_array(comm, p.data, root)
-    for _, mod in model.named_modules():
-        for name in getattr(mod, "_buffers", ()):
-            value = getattr(mod, name)
-            if isinstance(value, np.ndarray):
-                _bcast_array(comm, value, root)
-            else:
-                setattr(mod, name, comm.bcast(value, root=root))
+    for _, buf in model.named_buffers():  # arrays, updated in place (BatchNorm's running statistics...)
+        _bcast_array(comm, buf, root)
 
 
 def broadcast_optimizer_state(opt: Any, root: int = 0, comm: Any = None) -> None:

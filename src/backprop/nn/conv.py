@@ -25,7 +25,7 @@ The choices, measured on the project's 2-core machine with LeNet-5's layers at b
   backward (PyTorch: 42 MB). It is freed with the graph after backward;
 * the slab form of dx took 1.2 ms instead of 2.3 ms for per-image products + col2im, whose inner loops
   are only OW (10) elements long;
-* page faults: see :func:`backprop.engine.memory.tune_malloc` (done once when backprop is imported);
+* page faults: see :func:`backprop.engine.memory.tune_malloc` (done once, when training starts);
 * threads: splitting the batch over two threads reached 18,700 samples/s with NumPy's BLAS limited to one
   thread, but was slower than one thread (13,300 vs 14,500) with two BLAS threads, whose idle workers spin
   for a while after every call and take the second core. Not used: only BLAS's own threads run.

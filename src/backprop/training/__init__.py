@@ -22,7 +22,15 @@ from backprop.training.callbacks import (
 from backprop.training.evaluate import evaluate, predict
 from backprop.training.fit import fit
 from backprop.training.history import History
-from backprop.training.loop import Batch, CallbackList, Loop, Step, StepResult, batches
+from backprop.training.loop import (
+    Batch,
+    CallbackList,
+    Loop,
+    Step,
+    StepResult,
+    batches,
+    register_loop_callback,
+)
 from backprop.training.metrics import (
     accuracy,
     classification_report,
@@ -37,5 +45,5 @@ __all__ = [
     "LambdaCallback", "LearningRateScheduler", "Loop", "ModelCheckpoint", "ProgressBar", "Step", "StepResult",
     "TensorBoard", "TerminateOnNaN", "TrainingDiverged", "accuracy", "batches", "classification_report",
     "confusion_matrix", "evaluate", "fit", "get_loss", "plot_confusion_matrix", "precision_recall_f1", "predict",
-    "quadratic_loss", "top_k_accuracy",
+    "quadratic_loss", "register_loop_callback", "top_k_accuracy",
 ]

@@ -47,7 +47,8 @@ from backprop.nn.utils import clip_grad_norm_, clip_grad_value_
 from backprop.training.callbacks import Callback, ProgressBar, TrainingDiverged
 from backprop.training.history import History
 
-__all__ = ["Batch", "CallbackList", "Loop", "NonFiniteGradient", "Step", "StepResult", "TrainingDiverged", "batches"]
+__all__ = ["Batch", "CallbackList", "Loop", "NonFiniteGradient", "Step", "StepResult", "TrainingDiverged", "batches",
+           "register_loop_callback"]
 
 
 class NonFiniteGradient(TrainingDiverged):
@@ -90,11 +91,14 @@ class Batches:
 
     def __iter__(self) -> Iterator[Batch]:
         x, y, w, keep = self.x, self.y, self.w, self.keep
+        in_order = not self.loader.shuffle
         for idx in self.loader:
             if keep is not None and not keep(idx):
                 continue
-            wb = None if w is None else w[idx]
-            yield Batch(x[idx], None if y is None else y[idx], wb, idx, len(idx),
+            # NOTE: without shuffling a batch is a run of rows: a slice gathers it as a view, without a copy
+            sel = slice(int(idx[0]), int(idx[-1]) + 1) if in_order and len(idx) else idx
+            wb = None if w is None else w[sel]
+            yield Batch(x[sel], None if y is None else y[sel], wb, idx, len(idx),
                         float(len(idx)) if wb is None else float(wb.sum()))
 
 
@@ -239,8 +243,41 @@ def _nonfinite_gradient(named_params: list[tuple[str, Any]]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- callbacks
+_GLOBAL_CALLBACKS: dict[int, Callable[[], Callback]] = {}
+
+
+class RemovableHandle:
+    """What :func:`register_loop_callback` returns: ``handle.remove()`` unregisters (as PyTorch's hooks)."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def remove(self) -> None:
+        _GLOBAL_CALLBACKS.pop(self.key, None)
+
+
+def register_loop_callback(make: Callable[[], Callback]) -> RemovableHandle:
+    """Add a callback to EVERY training loop from now on, whichever front end runs it: ``fit``, the
+    scikit-learn estimators, data-parallel training, the command line (PyTorch's global module hooks).
+
+    ``make()`` is called once per loop and returns the Callback instance for it (a Callback class works).
+    It runs after the loop's own callbacks and before the History. For tools that watch training (a
+    learner's dashboard, a profiler); remove it with the returned handle.
+
+    >>> events = []
+    >>> handle = register_loop_callback(lambda: LambdaCallback(on_epoch_end=lambda e, logs: events.append(e)))
+    >>> handle.remove()
+    """
+    key = max(_GLOBAL_CALLBACKS, default=0) + 1
+    _GLOBAL_CALLBACKS[key] = make
+    return RemovableHandle(key)
+
+
 class CallbackList:
-    """The loop's callbacks in order, with a :class:`History` (added last unless given), as Keras builds it.
+    """The loop's callbacks in order, with a :class:`History` (added unless given), as Keras builds it.
+
+    The order: the loop's callbacks, those registered with :func:`register_loop_callback`, the History,
+    the progress display, then ``after``.
 
     ``CallbackList(callbacks, add_history=True, add_progbar=verbose)``: the progress display (a
     :class:`~backprop.training.callbacks.ProgressBar`, which prints every log) comes after the History, so
@@ -251,7 +288,7 @@ class CallbackList:
     def __init__(self, callbacks: Sequence[Callback] = (), *, history: History | None = None, add_progbar: int = 0,
                  after: Sequence[Callback] = (), model: Any = None, optimizer: Any = None,
                  params: dict[str, Any] | None = None) -> None:
-        own = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+        own = [cb for cb in callbacks if not isinstance(cb, ProgressBar)] + [make() for make in _GLOBAL_CALLBACKS.values()]
         bars = [cb for cb in callbacks if isinstance(cb, ProgressBar)]
         if add_progbar and not bars:
             bars = [ProgressBar(bar=None if add_progbar == 1 else False)]
