@@ -42,7 +42,7 @@ def child(kind: str, how: str, batch: int, threads: int) -> None:
 
     rng = np.random.default_rng(0)
     n = 60000 if kind == "mlp" else 6000
-    x = rng.random((n, 784) if kind == "mlp" else (n, 1, 28, 28), dtype=np.float32)
+    x = rng.random((n, 784), dtype=np.float32)  # LeNet-5 unflattens its 784 inputs to 1x28x28
     y = rng.integers(0, 10, n)
     bp.manual_seed(0)
     model = (bp.nn.Sequential(bp.nn.Linear(784, 256), bp.nn.ReLU(), bp.nn.Linear(256, 256), bp.nn.ReLU(),
@@ -80,19 +80,24 @@ def measure(src: str, kind: str, how: str, batch: int, threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", required=True, help="the src/ folder of the other checkout")
+    ap.add_argument("--before", help="the src/ folder of the other checkout (required)")
     ap.add_argument("--after", default=str(HERE.parent / "src"), help="the src/ folder to test (default: this tree)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--only", default="", help="run the workloads whose name contains this, e.g. 'fit B=32'")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, how, batch, threads = args.child
         child(kind, how, int(batch), int(threads))
         return
+    if not args.before:
+        ap.error("--before SRC is required: the src/ folder of the checkout to compare with")
     results: dict[tuple, dict[str, list[float]]] = {}
     for r in range(args.rounds):
         for kind, how, batch in WORKLOADS:
+            if args.only not in f"{kind} {how} B={batch}":
+                continue
             for threads in map(int, args.threads.split(",")):
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
                 for which in order:

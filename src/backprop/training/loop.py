@@ -153,6 +153,8 @@ class Step:
         self.model, self.optimizer = model, optimizer
         self.loss = loss
         self.loss_fn = None if loss is None else get_loss(loss)  # None: a subclass computes its own loss
+        if getattr(self.loss_fn, "targets", None) == "labels":  # NOTE: labels need no conversion: skip a call
+            self.loss_fn = self.loss_fn.fn
         # NOTE: built now, so that a loss without a per-sample form fails before training, not at the first batch
         self.per_sample_fn = per_sample_loss(loss) if weighted else None
         self.clip_norm, self.clip_value, self.check_finite = clip_norm, clip_value, check_finite
@@ -415,27 +417,28 @@ class Loop:
         for m in metrics:
             m.reset()
         begin, end = callbacks.batch_begin, callbacks.batch_end
+        history, train_step = self.history, step.train_step
         for i, batch in enumerate(self.data):
             for cb in begin:
                 cb.on_train_batch_begin(i, {})
             try:
-                result = step.train_step(batch)
+                loss, size, weight, outputs, targets, applied = train_step(batch)
             except NonFiniteGradient as err:
                 raise self._diverged_gradient(err, epoch, i) from None
-            logs = {"loss": result.loss, "size": result.size}
-            if not result.applied:  # a NaN/inf loss: no update was made; the callbacks decide (DivergenceGuard)
+            logs = {"loss": loss, "size": size}
+            if not applied:  # a NaN/inf loss: no update was made; the callbacks decide (DivergenceGuard)
                 for cb in end:
                     cb.on_train_batch_end(i, logs)
-                self.history.terminated_on_nan, nan_loss = True, result.loss
+                history.terminated_on_nan, nan_loss = True, loss
                 break
-            total_loss += result.loss * result.weight
-            loss_weight += result.weight
-            seen += result.size
-            self.history.iterations += 1
-            self.history.samples_seen += result.size
-            if result.outputs is not None and len(result.outputs):
+            total_loss += loss * weight
+            loss_weight += weight
+            seen += size
+            history.iterations += 1
+            history.samples_seen += size
+            if metrics and outputs is not None and len(outputs):
                 for m in metrics:
-                    m.update(result.outputs, result.targets)
+                    m.update(outputs, targets)
             for cb in end:
                 cb.on_train_batch_end(i, logs)
             if model.stop_training:
