@@ -2,7 +2,7 @@
 
 Set ``model.stop_training = True`` in a hook to end training after the current batch. ``fit`` calls
 ``on_train_end`` however training ends: epochs run out, a callback stops it, Ctrl-C, a diverging loss
-(:class:`~backprop.training.fit.TrainingDiverged`, re-raised after the callbacks ran) or any other error.
+(:class:`~backprop.training.callbacks.TrainingDiverged`, re-raised after the callbacks ran) or any other error.
 
 Built in, with Keras's names and meanings: :class:`EarlyStopping`, :class:`ModelCheckpoint`,
 :class:`CSVLogger`, :class:`LearningRateScheduler`, :class:`TerminateOnNaN`, :class:`ProgressBar`,
@@ -425,7 +425,7 @@ class LearningRateScheduler(Callback):
 class TerminateOnNaN(Callback):
     """Stop training at the batch whose loss is NaN or infinite, instead of raising (Keras's ``TerminateOnNaN``).
 
-    Without it ``fit`` raises :class:`~backprop.training.fit.TrainingDiverged`. With it ``fit`` skips that
+    Without it ``fit`` raises :class:`~backprop.training.callbacks.TrainingDiverged`. With it ``fit`` skips that
     batch's update (the weights stay those of the last finite step; if that step's update itself
     overflowed, those of the epoch's start), records the epoch with ``loss`` NaN and returns the History
     with ``terminated_on_nan`` and ``stopped_early`` set.
