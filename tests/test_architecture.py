@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,5 +176,5 @@ def test_importing_backprop_has_no_side_effect_beyond_definitions():
     """Importing the package neither tunes malloc nor starts threads (checked in a fresh interpreter)."""
     code = ("import threading, backprop, backprop.engine.memory as m; "
             "print(m._tuned, threading.active_count())")
-    out = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "1"], out
