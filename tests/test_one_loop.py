@@ -194,3 +194,9 @@ def test_gradient_accumulation_equals_the_doubled_batch():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     # and it is not what batches of 8 do without accumulating
     assert not all(np.allclose(a, b) for a, b in zip(run(8, Step), run(16, Step)))
+
+
+def test_fit_refuses_a_step_that_is_not_a_step_class():
+    x, y = data()
+    with pytest.raises(ValueError, match="step must be a subclass of backprop.training.Step"):
+        bp.fit(bp.nn.Sequential(bp.nn.Linear(4, 2)), x, y, epochs=1, verbose=0, step=lambda *a, **k: None)

@@ -27,7 +27,7 @@ import numpy as np
 
 from backprop import optim
 from backprop.data.loader import DataLoader
-from backprop.engine.constraints import Interval, Options, check, validate
+from backprop.engine.constraints import Interval, Options, Satisfies, check, validate
 from backprop.engine.random import manual_seed
 from backprop.engine.tensor import Tensor
 from backprop.nn.module import Module
@@ -60,6 +60,7 @@ FIT_CONSTRAINTS: dict[str, list[Any]] = {
     "scheduler_interval": [Options(("epoch", "step"))],
     "clip_norm": [None, _POSITIVE],
     "clip_value": [None, _POSITIVE],
+    "step": [Satisfies(lambda s: isinstance(s, type) and issubclass(s, Step), "a subclass of backprop.training.Step")],
 }
 
 
