@@ -386,7 +386,7 @@ class _BaseMLP(BaseEstimator):
         # NOTE: the loader draws batches of sample indices with the estimator's generator, which continues
         # from one fit or partial_fit call to the next; a batch of zero-weight samples teaches nothing
         loader = DataLoader(np.arange(n_samples), batch_size=batch_size, shuffle=self.shuffle, seed=self._shuffle_rng)
-        data = Batches(X, Y, sw, loader, keep=lambda idx: float(sw[idx].sum()) > 0.0)
+        data = Batches(X, Y, sw, loader, keep=lambda batch: batch.total > 0.0)
         step: Any = _EstimatorStep(self)
         if self.distributed:  # data-parallel: each rank a shard of every batch (backprop.distributed)
             step = DataParallelStep(step, batch_size, comm=self._trainer_comm())

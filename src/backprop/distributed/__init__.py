@@ -369,7 +369,7 @@ class Trainer:
         check_batch_size(batch_size, self.size)
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.allreduce = GradientAllreduce(model.parameters(), bucket_bytes=bucket_bytes, comm=self.comm)
-        self.n_local, self.n_global, self.share = 0, 0, 0.0
+        self.n_local, self.n_global, self.share, self.bounds = 0, 0, 0.0, (0, 0)
         self.ranks = rank_table(self.comm)  # [(rank, pid, host)]: mpiexec names a dead process by pid
         self.sync_batchnorm = bool(sync_batchnorm)
 
@@ -399,14 +399,15 @@ class Trainer:
         manual_seed(int(np.random.SeedSequence([draw, self.rank]).generate_state(1)[0]))
 
     def shard(self, xb: Any, yb: Any = None, weights: Any = None) -> tuple[Any, Any]:
-        """This rank's slice of the global batch; sets :attr:`share`, this rank's part of the batch's loss.
+        """This rank's slice of the global batch; sets :attr:`share`, this rank's part of the batch's loss,
+        and :attr:`bounds`, the slice's [start, stop) in the batch.
 
         ``weights`` (optional): the loss weights of the GLOBAL batch's samples (class/sample weights, when
         the batch loss is ``sum(w * loss) / sum(w)``); the share is then this rank's weight over the
         batch's, else its sample count over the batch's.
         """
         self.n_global = len(xb)
-        start, stop = shard_bounds(self.n_global, self.rank, self.size)
+        start, stop = self.bounds = shard_bounds(self.n_global, self.rank, self.size)
         self.n_local = stop - start
         if weights is None:
             self.share = self.n_local / self.n_global if self.n_global else 0.0
@@ -500,7 +501,7 @@ class DataParallelStep:
     def train_step(self, batch: Any) -> Any:
         step, trainer = self.step, self.trainer
         x, y = trainer.shard(batch.x, batch.y, batch.w)
-        start, stop = shard_bounds(batch.n, trainer.rank, trainer.size)
+        start, stop = trainer.bounds
         local = batch._replace(x=x, y=y, w=None if batch.w is None else batch.w[start:stop],
                                index=batch.index[start:stop])
         if self.sample_counts is not None:

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from backprop import optim
-from backprop.data.loader import DataLoader
 from backprop.engine.constraints import Interval, Options, Satisfies, check, validate
 from backprop.engine.random import manual_seed
 from backprop.engine.tensor import Tensor
@@ -43,7 +42,7 @@ from backprop.training.inputs import (
     sample_weights,
     split_validation,
 )
-from backprop.training.loop import Batches, CallbackList, Loop, Step
+from backprop.training.loop import CallbackList, Loop, Step, batches
 from backprop.training.metrics import resolve_metrics
 from backprop.training.resume import Checkpointing, check_resume, checkpoint_target, restore
 
@@ -190,8 +189,7 @@ def fit(
     weights = sample_weights(y, class_weight, sample_weight)
 
     opt = optim.build(optimizer, model.parameters(), lr)
-    data = Batches(x, y, weights, DataLoader(np.arange(len(x)), batch_size=batch_size, shuffle=shuffle,
-                                            seed=loader_seed))
+    data = batches(x, y, weights, batch_size=batch_size, shuffle=shuffle, seed=loader_seed)
     history.params = {"epochs": epochs, "batch_size": batch_size, "steps": len(data), "samples": len(x)}
     callbacks, schedule = _callbacks(callbacks, opt, scheduler, scheduler_interval, mpi, comm,
                                      exact=checkpoint is not None or resume is not None)

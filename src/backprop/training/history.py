@@ -37,9 +37,6 @@ class History(Callback):
     stopped_early: bool = False
     terminated_on_nan: bool = False
 
-    def set_params(self, params: dict[str, Any]) -> None:
-        self.params = params
-
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.record(epoch, logs or {})
 

@@ -83,7 +83,7 @@ class Batches:
     """
 
     def __init__(self, x: np.ndarray, y: Any, w: np.ndarray | None, loader: DataLoader,
-                 keep: Callable[[np.ndarray], bool] | None = None) -> None:
+                 keep: Callable[[Batch], bool] | None = None) -> None:
         self.x, self.y, self.w, self.loader, self.keep = x, y, w, loader, keep
 
     def __len__(self) -> int:
@@ -93,20 +93,20 @@ class Batches:
         x, y, w, keep = self.x, self.y, self.w, self.keep
         in_order = not self.loader.shuffle
         for idx in self.loader:
-            if keep is not None and not keep(idx):
-                continue
             # NOTE: without shuffling a batch is a run of rows: a slice gathers it as a view, without a copy
             sel = slice(int(idx[0]), int(idx[-1]) + 1) if in_order and len(idx) else idx
             wb = None if w is None else w[sel]
-            yield Batch(x[sel], None if y is None else y[sel], wb, idx, len(idx),
-                        float(len(idx)) if wb is None else float(wb.sum()))
+            batch = Batch(x[sel], None if y is None else y[sel], wb, idx, len(idx),
+                          float(len(idx)) if wb is None else float(wb.sum()))
+            if keep is None or keep(batch):
+                yield batch
 
 
 def batches(x: Any, y: Any = None, w: Any = None, *, batch_size: int = 32, shuffle: bool = True,
-            seed: Any = None, keep: Callable[[np.ndarray], bool] | None = None) -> Batches:
+            seed: Any = None, keep: Callable[[Batch], bool] | None = None) -> Batches:
     """The mini-batches of (x, y[, w]) for a :class:`Loop`: a fresh permutation every epoch from ``seed``.
 
-    ``keep(indices)`` may drop a batch (scikit-learn skips batches whose sample weights are all zero).
+    ``keep(batch)`` may drop a batch (scikit-learn skips those whose sample weights sum to 0: ``batch.total``).
     """
     loader = DataLoader(np.arange(len(x)), batch_size=batch_size, shuffle=shuffle, seed=seed)
     return Batches(np.asarray(x), y, None if w is None else np.asarray(w), loader, keep)
