@@ -29,6 +29,7 @@ from backprop.training import (
     TrainingDiverged,
     evaluate,
     fit,
+    jit,
     predict,
 )
 
@@ -40,6 +41,6 @@ __all__ = [  # noqa: RUF022 - the engine's names first, then the rest
     "ops", "pow", "register", "relu", "reshape", "set_num_threads", "sigmoid", "softmax", "sqrt", "stack", "sub", "sum", "tanh",
     "tensor", "transpose", "unbroadcast", "where",
     "Callback", "DataLoader", "History", "LambdaCallback", "TrainingDiverged", "__version__",
-    "data", "datasets", "distributed", "evaluate", "fit", "get_rng", "io", "manual_seed", "nn", "onnx", "optim", "predict",
+    "data", "datasets", "distributed", "evaluate", "fit", "get_rng", "io", "jit", "manual_seed", "nn", "onnx", "optim", "predict",
     "training",
 ]

@@ -32,6 +32,8 @@ Differences from scikit-learn's MLP, on purpose:
   calling ``fit`` on the same data; each batch (``batch_size`` divisible by P) is split over the ranks and
   their gradients summed (:mod:`backprop.distributed`), so the fitted network is the single-process one
   (same ``random_state``; rank 0's seed is used when it is None), to rounding. Only rank 0 prints and warns.
+* ``jit=True`` (default): each training step is captured once per batch shape and replayed
+  (:func:`backprop.jit`), with the same results; ``jit=False`` runs it eagerly.
 * ``random_state`` seeds the estimator's own generators (initialisation, shuffling, dropout, the early
   stopping split), which continue across ``partial_fit`` calls; ``random_state=None`` draws the seed from
   backprop's global generator, so ``bp.manual_seed`` makes such runs reproducible too.
@@ -80,6 +82,7 @@ from backprop.nn.layers import GELU, Dropout, Identity, LeakyReLU, Linear, ReLU,
 from backprop.nn.losses import per_sample_loss, weighted_loss
 from backprop.nn.module import Module, Sequential
 from backprop.training.callbacks import Callback
+from backprop.training.jit import captured
 from backprop.training.loop import Batch, Batches, CallbackList, Loop, Step
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -136,13 +139,15 @@ class _BaseMLP(BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "optimizer": [callable, None],
         "distributed": ["boolean"],
+        "jit": ["boolean"],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0, optimizer=None, distributed=False):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0, optimizer=None, distributed=False,
+                 jit=True):
         # NOTE: scikit-learn reads MLPClassifier's hyperparameters from this signature, which it inherits;
         # MLPRegressor repeats it with `loss` first and passes the rest here
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -170,6 +175,7 @@ class _BaseMLP(BaseEstimator):
         self.dropout = dropout
         self.optimizer = optimizer
         self.distributed = distributed
+        self.jit = jit
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -387,7 +393,7 @@ class _BaseMLP(BaseEstimator):
         # from one fit or partial_fit call to the next; a batch of zero-weight samples teaches nothing
         loader = DataLoader(np.arange(n_samples), batch_size=batch_size, shuffle=self.shuffle, seed=self._shuffle_rng)
         data = Batches(X, Y, sw, loader, keep=lambda batch: batch.total > 0.0)
-        step: Any = _EstimatorStep(self)
+        step: Any = captured(_EstimatorStep(self, weighted=sw is not None), self.jit, fuse=not self.distributed)
         if self.distributed:  # data-parallel: each rank a shard of every batch (backprop.distributed)
             step = DataParallelStep(step, batch_size, comm=self._trainer_comm())
             step.trainer.broadcast()  # NOTE: no seed_ranks: each rank already has its own dropout generator
@@ -482,8 +488,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ("constant", "invscaling", "adaptive"; sgd only), ``learning_rate_init``, ``power_t``, ``max_iter``
     (epochs), ``shuffle``, ``random_state``, ``tol``, ``verbose``, ``warm_start``, ``momentum``,
     ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``, ``beta_1``, ``beta_2``,
-    ``epsilon``, ``n_iter_no_change``; backprop's ``dropout``, ``optimizer`` and ``distributed`` (see the
-    module's notes).
+    ``epsilon``, ``n_iter_no_change``; backprop's ``dropout``, ``optimizer``, ``distributed`` and ``jit``
+    (see the module's notes).
 
     Fitted attributes: ``classes_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
     ``best_validation_score_``, ``n_iter_``, ``t_``, ``coefs_``, ``intercepts_``, ``n_features_in_``,
@@ -601,7 +607,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 dropout=0.0, optimizer=None, distributed=False):
+                 dropout=0.0, optimizer=None, distributed=False, jit=True):
         self.loss = loss
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -609,7 +615,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, dropout=dropout,
-                         optimizer=optimizer, distributed=distributed)
+                         optimizer=optimizer, distributed=distributed, jit=jit)
 
     _score_function = staticmethod(r2_score)
 
@@ -672,14 +678,21 @@ class _EstimatorStep(Step):
 
     skip_nonfinite = False
 
-    def __init__(self, estimator: _BaseMLP) -> None:
+    def __init__(self, estimator: _BaseMLP, weighted: bool = False) -> None:
         super().__init__(estimator.model_, estimator.optimizer_, None, check_finite=False)
         self.estimator = estimator
         self.half_alpha = 0.5 * float(estimator.alpha)
+        # NOTE: a captured step replays ops, not Python: the penalty's scale alpha / (2 * total) is a Python
+        # number, the same for every batch of one shape only without sample weights
+        self.capturable = not (weighted and self.half_alpha)
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         est = self.estimator
-        out = est._forward(_rows(batch.x, slice(None), self.model.dtype), training=True)
+        x = batch.x
+        # NOTE: a dense batch enters as it is (converted to the model's dtype by an op, which a captured
+        # step follows); a sparse one is densified here (such a step runs eagerly)
+        x = Tensor(x).astype(self.model.dtype) if isinstance(x, np.ndarray) else _rows(x, slice(None), self.model.dtype)
+        out = est._forward(x, training=True)
         loss, _ = weighted_loss(est._per_sample_loss(out, batch.y), batch.w)
         if self.half_alpha:
             loss = loss + est._penalty() * (self.half_alpha / batch.total)

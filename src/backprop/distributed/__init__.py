@@ -57,6 +57,7 @@ from backprop.training import extensions as _extensions
 from backprop.training.callbacks import DivergenceGuard
 from backprop.training.history import History
 from backprop.training.inputs import check_labels, check_xy
+from backprop.training.jit import captured
 from backprop.training.loop import CallbackList, Loop, Step, StepResult, batches
 from backprop.training.metrics import resolve_metrics
 
@@ -534,13 +535,14 @@ class DataParallelStep:
 def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", optimizer: Any = "sgd",
                     lr: float = 0.1, batch_size: int = 32, epochs: int = 10, seed: int | None = None,
                     shuffle: bool = True, metrics: Sequence[Any] = ("accuracy",), verbose: int = 0,
-                    comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Any:
+                    comm: Any = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES, jit: bool = True) -> Any:
     """Data-parallel training with a subset of ``fit``'s arguments, the one loop written out in a few lines.
 
     ``bp.fit(..., distributed=True)`` is the full-featured version. Same seeds and batches as ``bp.fit``:
     the returned History (identical on every rank) and the weights match a single-process ``fit`` with the
     same ``batch_size`` and ``seed``. ``history.sample_counts`` (this rank's uses of each training sample)
-    lets tests check that each sample is used once per epoch over the ranks.
+    lets tests check that each sample is used once per epoch over the ranks. ``jit``: capture and replay
+    each rank's forward and backward (:class:`~backprop.training.jit.CapturedStep`), as ``fit`` does.
     """
     ctx = init(comm)
     x, y = check_xy(x, y, "fit_distributed", True, model.dtype)
@@ -550,8 +552,8 @@ def fit_distributed(model: Any, x: Any, y: Any, *, loss: Any = "cross_entropy", 
     loader_seed, global_seed, _ = np.random.SeedSequence(seed).spawn(3)  # as fit: [loader, global, split]
     manual_seed(int(global_seed.generate_state(1)[0]))
     opt = optim.build(optimizer, model.parameters(), lr)
-    step = DataParallelStep(Step(model, opt, loss), batch_size, comm=ctx.comm, bucket_bytes=bucket_bytes,
-                            count_samples=len(x))
+    step = DataParallelStep(captured(Step(model, opt, loss), jit, fuse=False), batch_size, comm=ctx.comm,
+                            bucket_bytes=bucket_bytes, count_samples=len(x))
     step.start()
     data = batches(x, y, batch_size=batch_size, shuffle=shuffle, seed=loader_seed)
     history = History()

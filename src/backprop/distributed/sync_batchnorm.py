@@ -126,7 +126,7 @@ class SyncBatchNormTrain(Function):
     """
 
     def forward(self, x, *params, comm, has_weight=True, has_bias=True, eps=1e-5, running_mean=None,
-                running_var=None, momentum=0.1):
+                running_var=None, momentum=0.1, counter=None):
         w, b = _unpack_affine(params, has_weight, has_bias)
         axes = _stat_axes(x.ndim)
         c = x.shape[1]
@@ -153,7 +153,7 @@ class SyncBatchNormTrain(Function):
         xhat = x - mean
         inv_std = 1.0 / np.sqrt(var + eps)
         xhat *= inv_std
-        _update_running(running_mean, running_var, mean, var, n, momentum)
+        _update_running(running_mean, running_var, mean, var, n, momentum, counter)
         self.xhat, self.inv_std, self.n, self.axes, self.comm = xhat, inv_std, n, axes, comm
         self.w, self.has_weight, self.has_bias = w, has_weight, has_bias
         return _scale_shift(xhat, w, b)
@@ -199,15 +199,14 @@ def sync_batch_norm(input: Tensor, running_mean: Any = None, running_var: Any = 
 # ----------------------------------------------------------------------------------- the module hook
 def _synced_forward(bn: Any, x: Tensor, comm: Any) -> Tensor:
     """The training-mode forward of a BatchNorm1d/2d ``bn`` over ``comm`` (what ``sync_batchnorm`` installs)."""
-    track = bn.track_running_stats
-    factor = 0.0
-    if track:  # the factor of the batch about to be counted: momentum, or 1/count for a cumulative average
-        factor = 1.0 / (int(bn.num_batches_tracked) + 1) if bn.momentum is None else bn.momentum
-    y = sync_batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
-                        bn.bias, factor, bn.eps, comm)
-    if track:  # NOTE: counted once the global check has passed, as the unsynchronised forward does
-        bn.num_batches_tracked += 1
-    return y
+    if not bn.track_running_stats:
+        return sync_batch_norm(x, None, None, bn.weight, bn.bias, 0.0, bn.eps, comm)
+    x, rm, rv, params, flags = _bn_arguments("sync_batch_norm", x, bn.running_mean, bn.running_var, bn.weight,
+                                             bn.bias, bn.eps)
+    # NOTE: the op counts the batch (once the global check has passed) and takes momentum=None as the
+    # cumulative average, so a captured step replays both
+    return SyncBatchNormTrain.apply(x, *params, comm=_default_comm(comm), running_mean=rm, running_var=rv,
+                                    momentum=bn.momentum, counter=bn.num_batches_tracked, **flags)
 
 
 def active_comm() -> Any:

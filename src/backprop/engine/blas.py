@@ -7,10 +7,17 @@ the (256, 10) @ (10, 784) weight gradient takes 54 us on two threads but 26 us o
 mostly wait for each other on a product that short). So small batches use those forms; large ones the
 plain products. The choice depends only on shapes, so a run stays reproducible to the bit.
 
+A captured training step with plain SGD folds the update into the weight-gradient product:
+:func:`gemm_update` computes ``w += alpha * g.T @ x`` in one BLAS call with ``beta=1`` (the gradient is
+never written out, and the weights are read and written once instead of three times).
+
 >>> import numpy as np
 >>> x, w = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)
 >>> linear_forward(x, w).shape, weight_grad(np.ones((4, 2), np.float32), x).shape
 ((4, 2), (2, 3))
+>>> gemm_update(w, np.ones((4, 2), np.float32), x, -0.25); w
+array([[0., 0., 0.],
+       [0., 0., 0.]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -26,26 +33,44 @@ MIN_WORK = 262_144  # m*n*k below which OpenBLAS uses one thread anyway (its SMP
 
 
 class _OpenBLASThreads:
-    """Direct access to OpenBLAS's thread count (a ctypes call, ~0.1 us), found once through threadpoolctl."""
+    """Direct access to NumPy's OpenBLAS (found once through threadpoolctl): its thread count (a ctypes
+    call, ~0.1 us) and its ``cblas_?gemm`` (for the in-place update ``C += alpha A^T B``)."""
 
     def __init__(self) -> None:
         self.get: Callable[[], int] | None = None
         self.set: Callable[[int], Any] | None = None
+        self.gemm: dict[np.dtype, Any] = {}
+        self.int_type: Any = ctypes.c_int
         try:
             from threadpoolctl import ThreadpoolController
 
-            for lib in ThreadpoolController().lib_controllers:
-                if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") == "pthreads":
-                    dll = ctypes.CDLL(lib.filepath)
-                    for pre in ("", "scipy_"):
-                        for suf in ("", "64_", "_64"):
-                            get = getattr(dll, f"{pre}openblas_get_num_threads{suf}", None)
-                            set_ = getattr(dll, f"{pre}openblas_set_num_threads{suf}", None)
-                            if get is not None and set_ is not None:
-                                self.get, self.set = get, set_
-                                return
+            libs = [lib for lib in ThreadpoolController().lib_controllers
+                    if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") == "pthreads"]
+            # NOTE: SciPy may bring its own OpenBLAS; NumPy's is the one its matmul (and this module) uses
+            libs.sort(key=lambda lib: "numpy" not in lib.filepath)
+            for lib in libs[:1]:
+                dll = ctypes.CDLL(lib.filepath)
+                for pre in ("", "scipy_"):
+                    for suf in ("", "64_", "_64"):
+                        get = getattr(dll, f"{pre}openblas_get_num_threads{suf}", None)
+                        set_ = getattr(dll, f"{pre}openblas_set_num_threads{suf}", None)
+                        if get is not None and set_ is not None and self.get is None:
+                            self.get, self.set = get, set_
+                        for dtype, name in ((np.dtype(np.float32), "sgemm"), (np.dtype(np.float64), "dgemm")):
+                            fn = getattr(dll, f"{pre}cblas_{name}{suf}", None)
+                            if fn is not None and dtype not in self.gemm:
+                                self.int_type = ctypes.c_int64 if "64" in suf else ctypes.c_int
+                                self.gemm[dtype] = self._declare(fn, dtype)
         except Exception:  # noqa: BLE001 - any failure only means: leave threading to the BLAS
             self.get = self.set = None
+            self.gemm = {}
+
+    def _declare(self, fn: Any, dtype: np.dtype) -> Any:
+        i, real = self.int_type, (ctypes.c_float if dtype == np.float32 else ctypes.c_double)
+        ptr = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, real, ptr, i, ptr, i, real, ptr, i]
+        fn.restype = None
+        return fn
 
 
 _threads: _OpenBLASThreads | None = None
@@ -64,6 +89,40 @@ def linear_forward(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if x.ndim == 2 and b < SMALL_BATCH and b * w.shape[0] * w.shape[1] >= MIN_WORK:
         return np.ascontiguousarray((w @ x.T).T)
     return x @ w.T
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
+
+
+def _address(a: np.ndarray) -> int:
+    # NOTE: not a.ctypes.data: each .ctypes object leaves a small allocation behind (tracemalloc sees it grow)
+    return a.__array_interface__["data"][0]
+
+
+def gemm_update(w: np.ndarray, g: np.ndarray, x: np.ndarray, alpha: float) -> None:
+    """``w += alpha * g.T @ x`` in place, as one ``gemm`` with ``beta = 1`` (the SGD update of a Linear weight
+    (out, in) from its output gradients g (B, out) and inputs x (B, in), with ``alpha = -lr``).
+
+    NOTE: the product is accumulated into w inside the BLAS kernel (one rounding less than forming the
+    gradient first), so it equals ``w -= lr * (g.T @ x)`` within float32 rounding, not to the bit.
+    """
+    t = _openblas()
+    fn = t.gemm.get(w.dtype)
+    if (fn is None or not (w.flags.c_contiguous and w.flags.writeable and g.flags.c_contiguous
+                           and x.flags.c_contiguous) or g.dtype != w.dtype or x.dtype != w.dtype):
+        w += alpha * (g.T @ x)
+        return
+    b, out, inp = g.shape[0], w.shape[0], w.shape[1]
+    one = b < SMALL_BATCH and b * out * inp >= MIN_WORK and t.set is not None
+    n = t.get() if one else 1
+    if n > 1:
+        t.set(1)  # NOTE: a short product: two threads mostly wait for each other (see weight_grad)
+    try:
+        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, out, inp, b, alpha, _address(g), out, _address(x), inp, 1.0,
+           _address(w), inp)
+    finally:
+        if n > 1:
+            t.set(n)
 
 
 def weight_grad(g: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -25,13 +25,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Function", "enable_grad", "is_grad_enabled", "no_grad", "unbroadcast"]
+__all__ = ["Function", "enable_grad", "is_grad_enabled", "no_grad", "replayable", "unbroadcast"]
 
 _new_object = object.__new__  # NOTE: a module global: cheaper than looking up Tensor.__new__ on every op
 
 # NOTE: a module global, not a thread-local or an attribute lookup: Function.apply reads it on every op and
 # this is the cheapest read Python offers. `no_grad` flips it.
 _grad_enabled = True
+
+# NOTE: the recorder of a step being captured (backprop.engine.capture), else None. Like _grad_enabled a
+# module global, read once per op; nothing else of capturing costs anything when no step is being captured.
+_recorder: Any = None
 
 
 def is_grad_enabled() -> bool:
@@ -95,6 +99,28 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad.reshape(shape)
 
 
+def replayable(fn: Callable) -> Callable:
+    """Mark ``fn`` as one event of a captured step: ``Tensor.backward``, an optimizer's ``step`` and
+    ``zero_grad``, gradient clipping. While a step is being captured (:mod:`backprop.engine.capture`)
+    the call is recorded, with its arguments, and replayed as a whole; otherwise it runs as it is.
+
+    >>> @replayable
+    ... def double(x):
+    ...     return 2 * x
+    >>> double(3)
+    6
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _recorder is None:
+            return fn(*args, **kwargs)
+        return _recorder.call(fn, args, kwargs)
+
+    wrapper.__replayable__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Function:
     """One differentiable primitive: ``forward`` on NumPy arrays and its vector-Jacobian product ``backward``.
 
@@ -137,6 +163,8 @@ class Function:
         # NOTE: NumPy returns scalars (np.float32) from operations on 0-d arrays; keep .data an ndarray
         out.data = data if type(data) is np.ndarray else np.asarray(data)
         out.grad = None
+        out.requires_grad = False
+        out._ctx = None
         if _grad_enabled:
             needs = tuple([p.requires_grad for p in parents])
             if True in needs:
@@ -144,9 +172,8 @@ class Function:
                 ctx.needs_grad = needs
                 out.requires_grad = True
                 out._ctx = ctx
-                return out
-        out.requires_grad = False
-        out._ctx = None
+        if _recorder is not None:
+            _recorder.op(ctx, parents, kwargs, out)
         return out
 
     def __repr__(self) -> str:

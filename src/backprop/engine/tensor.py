@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.engine.function import Function, enable_grad, is_grad_enabled, no_grad, unbroadcast
+from backprop.engine.function import Function, enable_grad, is_grad_enabled, no_grad, replayable, unbroadcast
 from backprop.engine.ops import (
     GELU,
     Abs,
@@ -397,6 +397,7 @@ class Tensor:
         return self.astype(np.float64)
 
     # ------------------------------------------------------------------------------------------- backward
+    @replayable
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Back-propagate: add d(self)/d(leaf) * grad into ``leaf.grad`` for every leaf that requires grad.
 

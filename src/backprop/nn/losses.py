@@ -61,8 +61,11 @@ def _reduce(loss: Tensor, reduction: str, name: str) -> Tensor:
 
 
 def _as_target(target: Any, like: Tensor, name: str) -> Tensor:
-    """A dense target as a Tensor of ``like``'s dtype (float32 by default), of exactly ``like``'s shape."""
-    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target, dtype=like.dtype))
+    """A dense target as a Tensor of ``like``'s dtype (float32 by default), of exactly ``like``'s shape.
+
+    NOTE: converted by a tensor op (``astype``), not by NumPy, so that a captured step follows the targets.
+    """
+    t = (target if isinstance(target, Tensor) else Tensor(np.asarray(target))).astype(like.dtype)
     if t.shape != like.shape:
         raise ValueError(f"{name}: input has shape {like.shape} but target has shape {t.shape}")
     return t
@@ -286,9 +289,30 @@ def one_hot_labels(output: Tensor, target: Any) -> Any:
         bad = y.min() if y.min() < 0 else y.max()
         raise ValueError(f"class label {int(bad)} is outside [0, {high - 1}] for a model with {c} output"
                          f"{'s' if c > 1 else ''}")
-    if c > 1:
-        return np.eye(c, dtype=output.dtype)[y.astype(np.intp, copy=False)]
-    return y.reshape(-1, 1).astype(output.dtype)
+    return OneHot.apply(target if isinstance(target, Tensor) else Tensor(y), classes=c, dtype=output.dtype)
+
+
+@register(cases(
+    Case("one-hot", lambda y: OneHot.apply(y, classes=3, dtype=np.dtype(np.float32)), [np.array([2, 0, 1, 2])],
+         lambda T, y: T.nn.functional.one_hot(y, 3).float(), wrt=()),
+    Case("0/1 column", lambda y: OneHot.apply(y, classes=1, dtype=np.dtype(np.float64)), [np.array([1, 0, 1])],
+         lambda T, y: y.reshape(-1, 1).double(), wrt=()),
+))
+class OneHot(Function):
+    """Class labels (N,) as one-hot rows (N, C) in ``dtype``; ``classes=1``: the labels as a 0/1 column.
+
+    An op (with no gradient: labels are integers) rather than NumPy in the loss, so that a captured step
+    recomputes the targets of every batch.
+    """
+
+    def forward(self, y, classes=2, dtype=None):
+        dtype = np.dtype(np.float32) if dtype is None else dtype
+        if classes > 1:
+            return np.eye(classes, dtype=dtype)[y.astype(np.intp, copy=False)]
+        return y.reshape(-1, 1).astype(dtype)
+
+    def backward(self, g):
+        return None
 
 
 Targets = Literal["labels", "one_hot", "values"]
@@ -379,9 +403,13 @@ def weighted_loss(per_sample: Tensor, weight: np.ndarray) -> tuple[Tensor, float
     weight = np.asarray(weight)
     if per_sample.shape != (len(weight),):
         raise ValueError(f"the per-sample loss has shape {per_sample.shape}, expected ({len(weight)},)")
-    total = float(weight.sum())
-    scale = 1.0 / total if total > 0 else 0.0
-    return (per_sample * Tensor(weight.astype(per_sample.dtype))).sum() * scale, total
+    # NOTE: the weights enter as a tensor and 1/sum(w) is computed by ops (in float64, as float(w.sum())
+    # would be), so a captured step follows the weights of every batch. A zero-weight batch: the sum is
+    # floored at the tiniest float64 and the scale capped at the dtype's largest value, so 0 * scale = 0.
+    w = Tensor(weight)
+    dtype = per_sample.dtype
+    scale = (1.0 / w.sum().astype(np.float64).maximum(np.finfo(np.float64).tiny)).minimum(float(np.finfo(dtype).max))
+    return (per_sample * w.astype(dtype)).sum() * scale.astype(dtype), float(weight.sum())
 
 
 __all__ = [

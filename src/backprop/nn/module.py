@@ -31,8 +31,31 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from backprop.engine.function import replayable
 from backprop.engine.tensor import Tensor
 from backprop.nn.contract import NotExportable, OnnxGraph, not_saveable
+
+_GRAD = Tensor.__dict__["grad"]  # the slot that holds every Tensor's gradient
+
+
+class LazyGrad:
+    """A gradient formed when it is first read, from what was kept to form it (``form()``).
+
+    A captured step that folds plain SGD's update into the weight-gradient product never forms the
+    gradient; it leaves one of these on the weight, so that ``p.grad`` still gives the gradient (the
+    eager backward's own product) to whoever reads it, while the optimizer knows the update is done.
+    """
+
+    __slots__ = ("form",)
+
+    def __init__(self, form: Any) -> None:
+        self.form = form
+
+
+def raw_grad(t: Tensor) -> Any:
+    """``t.grad`` as stored: a :class:`LazyGrad` stays one (``t.grad`` would form it). Optimizers take any
+    object with ``.data`` and ``.grad``; those that are not Tensors are read as they are."""
+    return _GRAD.__get__(t, Tensor) if isinstance(t, Tensor) else t.grad
 
 
 class Parameter(Tensor):
@@ -42,6 +65,18 @@ class Parameter(Tensor):
 
     def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
         super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad, dtype=dtype)
+
+    @property  # type: ignore[override]
+    def grad(self) -> np.ndarray | None:
+        g = _GRAD.__get__(self, Parameter)
+        if type(g) is LazyGrad:
+            g = g.form()
+            _GRAD.__set__(self, g)
+        return g
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        _GRAD.__set__(self, value)
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
@@ -184,6 +219,7 @@ class Module:
         return int(sum(p.data.size for p in self.parameters()))
 
     # ------------------------------------------------------------------------------------------- state
+    @replayable
     def zero_grad(self) -> None:
         """Forget accumulated gradients (sets every ``p.grad`` to None, as PyTorch's default)."""
         for p in self.parameters():

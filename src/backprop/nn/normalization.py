@@ -105,11 +105,13 @@ class BatchNormTrain(Function):
 
     Parents: ``x`` and, as flagged by ``has_weight``/``has_bias``, the per-channel ``weight`` and ``bias``.
     When ``running_mean``/``running_var`` arrays are given they are updated in place with ``momentum``
-    (the variance unbiased), as PyTorch's kernel does.
+    (the variance unbiased), as PyTorch's kernel does. ``counter`` (the module's ``num_batches_tracked``)
+    is incremented in place, and ``momentum=None`` then means the cumulative average ``1 / counter``.
+    NOTE: the counter lives in the op, not in the module's Python, so a captured step replays it.
     """
 
     def forward(self, x, *params, has_weight=True, has_bias=True, eps=1e-5, running_mean=None, running_var=None,
-                momentum=0.1):
+                momentum=0.1, counter=None):
         w, b = _unpack_affine(params, has_weight, has_bias)
         axes = _stat_axes(x.ndim)
         n = x.size // x.shape[1]
@@ -118,7 +120,7 @@ class BatchNormTrain(Function):
         var = np.square(xhat).mean(axis=axes, keepdims=True)  # biased: normalises the batch
         inv_std = 1.0 / np.sqrt(var + eps)
         xhat *= inv_std
-        _update_running(running_mean, running_var, mean, var, n, momentum)
+        _update_running(running_mean, running_var, mean, var, n, momentum, counter)
         self.xhat, self.inv_std, self.n, self.axes = xhat, inv_std, n, axes
         self.w, self.has_weight, self.has_bias = w, has_weight, has_bias
         return _scale_shift(xhat, w, b)
@@ -136,8 +138,14 @@ class BatchNormTrain(Function):
 
 # What training-mode batch norm does once it has the batch's statistics (shared with the synchronised one).
 def _update_running(running_mean: np.ndarray | None, running_var: np.ndarray | None, mean: np.ndarray,
-                    var: np.ndarray, n: int, momentum: float) -> None:
-    """running = (1 - momentum) * running + momentum * batch statistic, in place; the variance unbiased."""
+                    var: np.ndarray, n: int, momentum: float | None, counter: np.ndarray | None = None) -> None:
+    """running = (1 - momentum) * running + momentum * batch statistic, in place; the variance unbiased.
+
+    ``counter`` (num_batches_tracked) counts this batch; ``momentum=None`` is the cumulative average."""
+    if counter is not None:
+        counter += 1
+    if momentum is None:
+        momentum = 1.0 / float(counter)
     if running_mean is not None:
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.reshape(-1)
@@ -337,14 +345,15 @@ class _BatchNorm(Module):
         self._check_input_dim(x)
         if self.training and _sync_forward is not None:
             return _sync_forward(self, x)
-        factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             # NOTE: checked before counting the batch; PyTorch counts it in num_batches_tracked and then raises
             if x.size // x.shape[1] == 1:
                 raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-            self.num_batches_tracked += 1
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+            x, rm, rv, params, flags = _bn_arguments(type(self).__name__, x, self.running_mean, self.running_var,
+                                                     self.weight, self.bias, self.eps)
+            return BatchNormTrain.apply(x, *params, running_mean=rm, running_var=rv, momentum=self.momentum,
+                                        counter=self.num_batches_tracked, **flags)
+        factor = 0.0 if self.momentum is None else self.momentum
         # Batch statistics in training, and always when no running statistics are kept.
         use_batch_stats = self.training or not self.track_running_stats
         track = not self.training or self.track_running_stats

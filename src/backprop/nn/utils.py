@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.engine.function import replayable
+
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
@@ -37,6 +39,7 @@ def _scale_(p: Any, factor: float) -> None:
         p.grad = np.asarray(g) * np.asarray(factor, dtype=np.asarray(g).dtype)
 
 
+@replayable
 def clip_grad_norm_(parameters: Iterable[Any] | Any, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False) -> float:
     """Scale the gradients in place so that their total norm is at most ``max_norm``; return the total norm.
@@ -73,6 +76,7 @@ def clip_grad_norm_(parameters: Iterable[Any] | Any, max_norm: float, norm_type:
     return total
 
 
+@replayable
 def clip_grad_value_(parameters: Iterable[Any] | Any, clip_value: float) -> None:
     """Clamp every gradient entry to ``[-clip_value, clip_value]`` in place (``torch.nn.utils.clip_grad_value_``)."""
     c = float(clip_value)

@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any
 
+from backprop.engine.function import replayable
+
 from .optimizer import Optimizer
 
 __all__ = [
@@ -153,6 +155,14 @@ class LRScheduler:
     ``step(epoch)``).
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # NOTE: a captured step (backprop.jit) replays a scheduler's step as a whole call
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("step")
+        if fn is not None and not hasattr(fn, "__replayable__"):
+            cls.step = replayable(fn)
+
+
     _is_initial: bool = False
     #: ``__dict__`` entries left out of :meth:`state_dict`.
     _state_exclude: tuple[str, ...] = ("optimizer", "_is_initial")
@@ -194,6 +204,7 @@ class LRScheduler:
         """The learning rates set by the last :meth:`step` (a new list, one per group)."""
         return list(self._last_lr)
 
+    @replayable
     def step(self, epoch: int | None = None) -> None:
         """Advance the schedule by one step and set every group's ``"lr"``.
 

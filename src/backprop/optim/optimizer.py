@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.engine.function import replayable
+
 __all__ = ["Optimizer"]
 
 
@@ -119,6 +121,14 @@ class Optimizer:
     to validate a group's hyperparameters.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # NOTE: a captured step (backprop.jit) replays an optimizer's step and zero_grad as whole calls
+        super().__init_subclass__(**kwargs)
+        for name in ("step", "zero_grad"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not hasattr(fn, "__replayable__"):
+                setattr(cls, name, replayable(fn))
+
     def __init__(self, params: Iterable[Any] | Iterable[dict], defaults: dict[str, Any]) -> None:
         self._check_group(defaults)
         self.defaults: dict[str, Any] = dict(defaults)
@@ -202,6 +212,7 @@ class Optimizer:
             group["lr"] = value
 
     # ------------------------------------------------------------------ steps
+    @replayable
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients: set them to ``None`` (default) or zero them in place."""
         for group in self.param_groups:

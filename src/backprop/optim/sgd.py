@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop.nn.module import LazyGrad, raw_grad
+
 from .optimizer import Optimizer, check_lr, check_nonneg, check_unit, effective_grad
 
 __all__ = ["SGD"]
@@ -73,8 +75,9 @@ class SGD(Optimizer):
             if momentum == 0.0:
                 if weight_decay == 0.0 and not maximize:
                     for p in group["params"]:
-                        g = p.grad
-                        if g is not None:
+                        g = raw_grad(p)
+                        # NOTE: a LazyGrad: a captured step already made this update (backprop.jit)
+                        if g is not None and type(g) is not LazyGrad:
                             data = p.data
                             data -= lr * g
                 else:

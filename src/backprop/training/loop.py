@@ -42,7 +42,7 @@ from backprop.data.loader import DataLoader
 from backprop.engine.memory import tune_malloc
 from backprop.engine.tensor import Tensor
 from backprop.nn.losses import get_loss, per_sample_loss, weighted_loss
-from backprop.nn.module import Module
+from backprop.nn.module import LazyGrad, Module, raw_grad
 from backprop.nn.utils import clip_grad_norm_, clip_grad_value_
 from backprop.training.callbacks import Callback, ProgressBar, TrainingDiverged
 from backprop.training.history import History
@@ -147,6 +147,11 @@ class Step:
 
     #: Skip the update when the loss is not finite (False: update anyway, as scikit-learn does).
     skip_nonfinite: bool = True
+    #: May ``fit`` capture this step and replay it (:class:`~backprop.training.jit.CapturedStep`)? A replay
+    #: runs the ops, not the Python around them. None: only when nothing but ops can happen, i.e. the loss
+    #: is a name and ``compute_loss``, ``backpropagate`` and ``train_step`` are Step's own. A subclass
+    #: whose ``compute_loss`` has no Python that must run every step may set True.
+    capturable: bool | None = None
 
     def __init__(self, model: Module, optimizer: Any, loss: Any = "cross_entropy", *, weighted: bool = False,
                  clip_norm: float | None = None, clip_value: float | None = None, check_finite: bool = True) -> None:
@@ -238,7 +243,9 @@ def _nonfinite_gradient(named_params: list[tuple[str, Any]]) -> str | None:
     a sum that overflows from finite values is told apart by the exact (and rarer) isfinite check.
     """
     for name, p in named_params:
-        g = p.grad
+        g = raw_grad(p)
+        if type(g) is LazyGrad:  # NOTE: folded into the update by a captured step, which checked its factors
+            continue
         if g is not None and not math.isfinite(float(g.sum())) and not np.isfinite(g).all():
             return name
     return None

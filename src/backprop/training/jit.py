@@ -1,0 +1,461 @@
+"""``backprop.jit``: run a training step once eagerly while recording it, then replay the recording.
+
+The first call of ``jit(train_step)(x, y)`` runs ``train_step`` as it is, while a
+:class:`~backprop.engine.capture.Capture` writes down every op, the backward pass and the calls of the
+optimizer (``zero_grad``, ``step``), of schedulers and of gradient clipping. Later calls with the same
+**guards** replay that plan: no modules walked, no Tensor objects or graph built, no topological sort.
+The guards, as ``torch.compile`` has them: the inputs' shapes and dtypes (so the last, partial batch of
+an epoch is captured once more), Python values passed as arguments, grad mode, the train/eval mode of
+every module the step called, and ``requires_grad`` of every tensor it read. Changing one re-captures.
+
+What replays, and what does not (as with ``jax.jit``, Python runs only while capturing):
+
+* Ops re-run their own ``forward`` on the new data, with the same keyword arguments: dropout draws a
+  fresh mask every step from backprop's seeded generator; batch norm updates its running statistics.
+* Parameters, buffers and the optimizer are read live: a learning rate changed between steps (by a
+  scheduler, by hand) takes effect, and so do weights loaded in place.
+* Tensors the step makes from Python numbers or fixed arrays are constants. Pass what changes from one
+  step to the next as an argument (an array), never as a closed-over Python value.
+* A step that reads a computed value into Python (``loss.item()``, ``if loss > 0:``), builds a tensor
+  from a view of an input outside tensor ops, or hands a closure to ``optimizer.step`` cannot be
+  replayed: it runs eagerly, with one ``RuntimeWarning`` saying why (``fallback="error"`` raises
+  :class:`~backprop.engine.capture.CaptureError` instead). Return tensors, not floats.
+* Returned tensors are detached (their values, no graph).
+
+``fit``, the scikit-learn estimators and data-parallel training capture their step by default through
+:class:`CapturedStep` (``fit(..., jit=False)`` runs it eagerly). The replayed step runs the same
+``forward``/``backward`` code in the same order as the eager one, so its results are bit-identical.
+
+>>> import numpy as np, backprop as bp
+>>> _ = bp.manual_seed(0)
+>>> model = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 3))
+>>> opt = bp.optim.SGD(model.parameters(), lr=0.1)
+>>> @bp.jit
+... def train_step(x, y):
+...     opt.zero_grad()
+...     loss = bp.nn.functional.cross_entropy(model(bp.Tensor(x)), y)
+...     loss.backward()
+...     opt.step()
+...     return loss
+>>> x, y = np.ones((5, 4), dtype=np.float32), np.array([0, 1, 2, 0, 1])
+>>> first, second = float(train_step(x, y).data), float(train_step(x, y).data)  # captured, then replayed
+>>> second < first, train_step.captures
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import numpy as np
+
+from backprop.engine.blas import gemm_update, weight_grad
+from backprop.engine.capture import Capture, CaptureError, Plan, accumulate_grad
+from backprop.engine.function import is_grad_enabled
+from backprop.engine.tensor import Tensor
+from backprop.nn.functional import Linear
+from backprop.nn.module import LazyGrad, Module, Parameter
+from backprop.optim.optimizer import Optimizer
+from backprop.optim.sgd import SGD
+from backprop.training.loop import Batch, Step, _nonfinite_gradient
+
+__all__ = ["CapturedStep", "Jitted", "captured", "jit"]
+
+_EAGER = "eager"  # a guard under which capture failed: run eagerly
+
+
+def jit(fn: Callable | None = None, *, fallback: str = "warn") -> Any:
+    """Capture ``fn`` (a training step: forward, loss, ``backward``, ``optimizer.step()``) and replay it.
+
+    Use as ``step = bp.jit(train_step)`` or as a decorator. ``fallback``: ``"warn"`` (default) runs a
+    step that cannot be captured eagerly with one RuntimeWarning; ``"error"`` raises ``CaptureError``.
+    """
+    if fallback not in ("warn", "error"):
+        raise ValueError(f"jit: fallback must be 'warn' or 'error', got {fallback!r}")
+    if fn is None:
+        return functools.partial(jit, fallback=fallback)
+    if not callable(fn):
+        raise TypeError(f"jit: expected a function, got {type(fn).__name__}")
+    return Jitted(fn, fallback)
+
+
+def _describe(x: Any) -> Any:
+    """What the guard keys on for one argument: an array's shape and dtype, a Python value itself."""
+    if isinstance(x, np.ndarray):
+        return (x.shape, x.dtype.str)
+    if isinstance(x, Tensor):
+        return ("T", x.data.shape, x.data.dtype.str, x.requires_grad)
+    return ("=", x) if isinstance(x, (int, float, str, bool, type(None))) else ("id", id(x))
+
+
+class _Captured:
+    """One plan with the guards that must hold to replay it."""
+
+    def __init__(self, plan: Plan, modules: list[Module], outputs: Any) -> None:
+        self.plan, self.modules, self.outputs = plan, modules, outputs
+        self.modes = tuple(m.training for m in modules)
+        self.grads = tuple(t.requires_grad for t in plan.leaves)
+
+    def holds(self) -> bool:
+        return (tuple([m.training for m in self.modules]) == self.modes
+                and tuple([t.requires_grad for t in self.plan.leaves]) == self.grads)
+
+
+class _ModuleCalls:
+    """While capturing: which modules the step calls (their train/eval modes are guards)."""
+
+    def __init__(self) -> None:
+        self.modules: list[Module] = []
+        self._seen: set[int] = set()
+
+    def __enter__(self) -> Self:
+        self._orig = Module.__dict__["__call__"]
+        orig, seen, modules = self._orig, self._seen, self.modules
+
+        def __call__(module: Module, *args: Any, **kwargs: Any) -> Any:
+            if id(module) not in seen:
+                seen.add(id(module))
+                modules.append(module)
+            return orig(module, *args, **kwargs)
+
+        Module.__call__ = __call__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Module.__call__ = self._orig
+
+
+class Jitted:
+    """What :func:`jit` returns: call it like the function. ``captures`` counts the captures so far;
+    ``plans`` maps the arguments' guard to its plans, one per train/eval mode and ``requires_grad``
+    pattern (print ``plans[key][0].plan`` to see the recorded instructions)."""
+
+    def __init__(self, fn: Callable, fallback: str = "warn") -> None:
+        self.fn, self.fallback = fn, fallback
+        self.plans: dict[Any, Any] = {}
+        self.captures = 0
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any) -> Any:
+        key = (tuple([_describe(a) for a in args]), is_grad_enabled())
+        entries = self.plans.get(key, ())
+        if entries is _EAGER:
+            return self.fn(*args)
+        for entry in entries:  # NOTE: one plan per train/eval mode and requires_grad pattern, as torch.compile
+            if entry.holds():
+                return _unflatten(entry.outputs, entry.plan.run(0, *args))
+        return self._capture(key, args)
+
+    def _capture(self, key: Any, args: tuple[Any, ...]) -> Any:
+        cap = Capture()
+        result: list[Any] = []
+        try:
+            with _ModuleCalls() as calls, cap.segment(*args) as seg:
+                result.append(self.fn(*seg.inputs))
+                tensors, structure = _flatten(result[0])
+                seg.outputs(*tensors)
+        except CaptureError as e:
+            if not result:
+                raise
+            if self.fallback == "error":
+                raise
+            warnings.warn(f"bp.jit({getattr(self.fn, '__name__', 'step')}): {e}; running it eagerly", RuntimeWarning,
+                          stacklevel=3)
+            self.plans[key] = _EAGER
+            return result[0]
+        self.captures += 1
+        plan = cap.plan()
+        opt = _plain_sgd_step(plan)
+        if opt is not None:
+            fuse_sgd(plan, 0, opt)
+        self.plans.setdefault(key, []).append(_Captured(plan, calls.modules, structure))
+        return _detach(result[0])
+
+
+def _flatten(out: Any) -> tuple[list[Tensor], Any]:
+    """The tensors of a returned structure (a tensor, None, or tuples, lists and dicts of them)."""
+    tensors: list[Tensor] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, Tensor):
+            tensors.append(o)
+            return len(tensors) - 1
+        if o is None:
+            return None
+        if isinstance(o, (tuple, list)):
+            return type(o), [walk(v) for v in o]
+        if isinstance(o, dict):
+            return dict, {k: walk(v) for k, v in o.items()}
+        raise CaptureError(f"the step returns a {type(o).__name__}; a captured step returns tensors (or tuples, "
+                           "lists and dicts of them)")
+
+    return tensors, walk(out)
+
+
+def _unflatten(structure: Any, arrays: Sequence[np.ndarray]) -> Any:
+    if structure is None:
+        return None
+    if isinstance(structure, int):
+        return Tensor(arrays[structure])
+    kind, items = structure
+    if kind is dict:
+        return {k: _unflatten(v, arrays) for k, v in items.items()}
+    return kind(_unflatten(v, arrays) for v in items)
+
+
+def _detach(out: Any) -> Any:
+    tensors, structure = _flatten(out)
+    return _unflatten(structure, [t.data for t in tensors])
+
+
+# --------------------------------------------------------------------------------- the loop's step
+class CapturedStep:
+    """A :class:`~backprop.training.loop.Step` whose forward and backward are captured and replayed.
+
+    Wraps a Step from outside (as data parallelism does): ``compute_loss`` replays the forward and the
+    cost, ``backpropagate`` the backward pass (seeded with ``scale``, an input of the plan, so a
+    data-parallel rank's share may change from batch to batch); ``apply_gradients`` (the finite check,
+    clipping, the optimizer) and everything else is the wrapped step's own. A step class that overrides
+    ``train_step`` or ``backpropagate`` runs eagerly: what it does is not known here.
+    """
+
+    def __init__(self, step: Step, fuse: bool = True) -> None:
+        self.step, self.model, self.optimizer = step, step.model, step.optimizer
+        # NOTE: the update may be folded into the backward only when nothing needs the gradients in between
+        self.fuse = fuse and step.clip_norm is None and step.clip_value is None
+        self.modules = list(step.model.modules())
+        self.plans: dict[Any, Any] = {}
+        self.captures = 0
+        self._pending: tuple[Capture, Any, Tensor] | None = None
+        self._active: tuple[Any, Tensor] | None = None
+
+    @staticmethod
+    def supports(step: Any) -> bool:
+        """True when ``step`` may be captured: see :attr:`Step.capturable`. A step that overrides
+        ``train_step`` or ``backpropagate`` never is (what it does around the ops is not known here)."""
+        cls = type(step)
+        if not (isinstance(step, Step) and cls.train_step is Step.train_step
+                and cls.backpropagate is Step.backpropagate):
+            return False
+        if step.capturable is not None:
+            return bool(step.capturable)
+        # NOTE: a loss given as a function may do Python (count calls, log) that must run at every step
+        return cls.compute_loss is Step.compute_loss and isinstance(step.loss, str)
+
+    train_step = Step.train_step  # NOTE: the one definition of a step, with this class's pieces
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        return self.step.skip_nonfinite
+
+    def _key(self, batch: Batch) -> Any:
+        y = batch.y
+        return (batch.x.shape, batch.x.dtype.str, _describe(y) if isinstance(y, np.ndarray) else ("id", type(y)),
+                None if batch.w is None else batch.w.shape, is_grad_enabled(),
+                tuple([m.training for m in self.modules]))
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        key = self._key(batch)
+        entry = self.plans.get(key)
+        self._pending = self._active = None
+        if entry is _EAGER or not isinstance(batch.y, np.ndarray) or not isinstance(batch.x, np.ndarray):
+            return self.step.compute_loss(batch)
+        if entry is not None and entry.holds():
+            out, loss = entry.plan.run(0, batch.x, batch.y, batch.w)
+            loss_t = Tensor(loss)
+            self._active = (entry, loss_t)
+            return Tensor(out), loss_t
+        return self._capture(key, batch)
+
+    def _capture(self, key: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        cap = Capture()
+        result: list[Any] = []
+        try:
+            with cap.segment(batch.x, batch.y, batch.w) as seg:
+                result.extend(self.step.compute_loss(batch))
+                seg.outputs(*result)
+        except CaptureError as e:
+            if len(result) != 2:
+                raise
+            self._give_up(key, e)
+            return result[0], result[1]
+        self._pending = (cap, key, result[1])
+        return result[0], result[1]
+
+    def _give_up(self, key: Any, error: Exception) -> None:
+        warnings.warn(f"{type(self.step).__name__}: the training step cannot be captured ({error}); it runs "
+                      "eagerly (fit(..., jit=False) says so without this warning)", RuntimeWarning, stacklevel=4)
+        self.plans[key] = _EAGER
+
+    def backpropagate(self, loss: Tensor | None, scale: float | None = None, x: np.ndarray | None = None) -> None:
+        if loss is None:
+            return self.step.backpropagate(loss, scale, x)
+        seed = np.asarray(1.0 if scale is None else scale, dtype=loss.dtype)
+        if self._active is not None and self._active[1] is loss:
+            entry, _ = self._active
+            self._active = None
+            entry.plan.run(1, seed)
+            return None
+        if self._pending is not None and self._pending[2] is loss:
+            cap, key, _ = self._pending
+            self._pending = None
+            try:
+                with cap.segment(seed) as seg:  # NOTE: the seed array is the segment's input, so it may vary
+                    self.step.backpropagate(loss, scale=seg.inputs[0])
+            except CaptureError as e:
+                self._give_up(key, e)
+                return None
+            self.captures += 1
+            plan = cap.plan()
+            if self.fuse:
+                fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
+            self.plans[key] = _Captured(plan, self.modules, None)
+            return None
+        return self.step.backpropagate(loss, scale, x)
+
+    def apply_gradients(self, loss_value: float = math.nan) -> None:
+        self.step.apply_gradients(loss_value)
+
+    def epoch_weight(self, batch: Batch) -> float:
+        return self.step.epoch_weight(batch)
+
+    def reduce_metrics(self, metrics: Sequence[Any]) -> None:
+        self.step.reduce_metrics(metrics)
+
+    def context(self) -> Any:
+        return self.step.context()
+
+    def on_exception(self, error: BaseException) -> None:
+        self.step.on_exception(error)
+
+    @property
+    def is_root(self) -> bool:
+        return self.step.is_root
+
+
+def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
+    """``step`` wrapped in :class:`CapturedStep` when ``enabled`` and its class allows it, else ``step``.
+    ``fuse=False`` keeps every gradient (data parallelism sums them over the ranks before the update)."""
+    return CapturedStep(step, fuse) if enabled and CapturedStep.supports(step) else step
+
+
+# ------------------------------------------------------------------------- plain SGD, folded in
+def _plain(group: dict[str, Any]) -> bool:
+    return not group["momentum"] and not group["weight_decay"] and not group["maximize"]
+
+
+def _plain_sgd_step(plan: Plan) -> SGD | None:
+    """The SGD optimizer whose whole step a captured function's plan makes, if it has this shape:
+    ``opt.zero_grad()`` (to None), one backward, then ``opt.step()`` right after it."""
+    code = plan.segments[0][0]
+    kinds = [i[0] for i in code]
+    if kinds.count("backward") != 1:
+        return None
+    k = kinds.index("backward")
+    after = [i for i in code[k + 1:] if i[0] == "call"]
+    if not after or after[0][1] is not SGD.__dict__["step"].__replayable__ or not isinstance(after[0][2][0], SGD):
+        return None
+    opt = after[0][2][0]
+    zero = Optimizer.__dict__["zero_grad"].__replayable__
+    cleared = any(i[0] == "call" and i[1] is zero and i[2][:1] == (opt,) and i[2][1:2] != (False,)
+                  and i[3].get("set_to_none", True) for i in code[:k])
+    return opt if cleared and len(after[0][2]) == 1 and not after[0][3] else None
+
+
+def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = False) -> int:
+    """Fold plain SGD's update of every Linear weight into its weight-gradient product; return how many.
+
+    Each Linear layer's backward then computes only its input gradient; once the walk is over (every
+    gradient known, so with ``check_finite`` nothing has moved yet when a check fails), each weight gets
+    ``W += -lr * g.T @ x`` in one ``gemm`` with ``beta=1`` (:func:`~backprop.engine.blas.gemm_update`)
+    and its bias ``b -= lr * sum(g)``; their ``.grad`` is then a :class:`~backprop.nn.module.LazyGrad`
+    (the eager backward's gradient, formed if someone reads it), which ``optimizer.step()`` skips.
+    What is checked at every step, so that the result is always the optimizer's: the group is still
+    plain SGD (no momentum, weight decay or maximize) and the weight has no gradient yet; otherwise that
+    layer's gradients are formed as the eager backward forms them and the optimizer updates it.
+
+    ``check_finite``: the gradients must be finite before anything moves. ``g.T @ x`` is finite when g and
+    x are and ``B * max|g| * max|x|`` is below the dtype's largest value (no sum can overflow), checked on
+    these small factors; if that fails, every gradient is formed and the step's own exact check decides.
+    """
+    instr = plan.backward_instruction(segment)
+    if instr is None or type(optimizer) is not SGD:
+        return 0
+    nodes = instr[3]
+    uses: dict[int, int] = {}
+    for _, _, specs, _, _ in nodes:
+        for spec in specs:
+            if spec is not None and spec[0] == "leaf":
+                uses[id(spec[1])] = uses.get(id(spec[1]), 0) + 1
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+    def fusable(spec: Any) -> bool:  # NOTE: a Parameter: only its .grad can be formed when read (LazyGrad)
+        return (spec is not None and spec[0] == "leaf" and isinstance(spec[1], Parameter)
+                and uses[id(spec[1])] == 1 and id(spec[1]) in group_of)
+
+    deferred: list[tuple[Any, Any, np.ndarray, np.ndarray]] = []
+    hooks = {}
+    for k, (_, _, specs, cls, shapes) in enumerate(nodes):
+        # NOTE: a batch of rows (not of sequences: the product would need the rows flattened first)
+        if cls is Linear and len(shapes[0]) == 2 and fusable(specs[1]) and (
+                len(specs) == 2 or specs[2] is None or fusable(specs[2])):
+            hooks[k] = _linear_hook(specs[1][1], specs[2][1] if len(specs) == 3 and specs[2] else None,
+                                    len(specs), deferred)
+    if hooks:
+        plan.specialise_backward(segment, hooks, _fused_update(deferred, group_of, optimizer, check_finite))
+    return len(hooks)
+
+
+def _linear_hook(w: Any, b: Any, arity: int, deferred: list) -> Any:
+    """A Linear node's backward that leaves its weight's (and bias's) update for later."""
+    def hook(ctx: Any, g: np.ndarray) -> tuple:
+        deferred.append((w, b, ctx.x, g))
+        return (g @ ctx.w if ctx.needs_grad[0] else None, None, None)[:arity]
+    return hook
+
+
+def _form(w: Any, b: Any, x: np.ndarray, g: np.ndarray) -> None:
+    """The eager backward's gradients of a Linear layer's weight and bias."""
+    accumulate_grad(w, weight_grad(g, x), g)
+    if b is not None:
+        accumulate_grad(b, g.sum(axis=0), g)
+
+
+def _fused_update(deferred: list, group_of: dict[int, Any], optimizer: Any, check_finite: bool) -> Any:
+    def finish() -> None:
+        items = list(deferred)
+        deferred.clear()
+        if check_finite and not _safe(items, optimizer):
+            for item in items:
+                _form(*item)
+            return
+        for w, b, x, g in items:
+            group = group_of[id(w)]
+            bgroup = group if b is None else group_of[id(b)]
+            if w.grad is not None or not _plain(group) or (b is not None and (b.grad is not None
+                                                                           or not _plain(bgroup))):
+                _form(w, b, x, g)
+                continue
+            gemm_update(w.data, g, x, -float(group["lr"]))
+            w.grad = LazyGrad(functools.partial(weight_grad, g, x))
+            if b is not None:
+                gb = g.sum(axis=0)
+                data = b.data
+                data -= float(bgroup["lr"]) * gb  # NOTE: SGD's own arithmetic, to the bit
+                b.grad = LazyGrad(lambda gb=gb: gb)
+    return finish
+
+
+def _safe(items: list, optimizer: Any) -> bool:
+    """True when every gradient of this step is finite: the folded ones by their factors, the rest exactly."""
+    for _, _, x, g in items:
+        big = np.finfo(g.dtype).max
+        gm, xm = max(float(g.max()), -float(g.min())), max(float(x.max()), -float(x.min()))
+        if not (math.isfinite(gm) and math.isfinite(xm) and g.shape[0] * gm * xm < big):
+            return False
+    named = [("", p) for group in optimizer.param_groups for p in group["params"]]
+    return _nonfinite_gradient(named) is None
