@@ -19,6 +19,10 @@ from backprop.nn.module import LazyGrad, raw_grad
 from backprop.training.jit import CapturedStep
 
 
+# NOTE: a step that falls back to eager warns (RuntimeWarning): none of these should, unless a test says so
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
+
 def _all_cases():
     rng = np.random.default_rng(0)
     for cls, make in REGISTRY.items():
@@ -74,15 +78,16 @@ def test_every_op_replays_as_it_ran(cls, case):
 
 
 # --------------------------------------------------------------------------------------------- models
-def _mlp(seed=0, dropout=0.0, bn=False):
+def _mlp(seed=0, dropout=0.0, bn=False, hidden=352):
+    """12 -> 352 -> 3: plain SGD folds the first layer's update (4,224 weights), not the second's (1,056)."""
     bp.manual_seed(seed)
-    layers = [bp.nn.Linear(12, 16)]
+    layers = [bp.nn.Linear(12, hidden)]
     if bn:
-        layers.append(bp.nn.BatchNorm1d(16))
+        layers.append(bp.nn.BatchNorm1d(hidden))
     layers += [bp.nn.ReLU()]
     if dropout:
         layers.append(bp.nn.Dropout(dropout))
-    layers += [bp.nn.Linear(16, 3)]
+    layers += [bp.nn.Linear(hidden, 3)]
     return bp.nn.Sequential(*layers)
 
 
@@ -229,6 +234,7 @@ def test_plain_sgd_is_folded_and_close():
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
     assert type(raw_grad(models[1][0].weight)) is LazyGrad  # folded: formed only when read
+    assert type(raw_grad(models[1][2].weight)) is np.ndarray  # too small to fold (FUSE_MIN_WEIGHTS)
     np.testing.assert_allclose(models[1][0].weight.grad, models[0][0].weight.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -320,6 +326,14 @@ def test_closures_baked_and_arguments_followed():
     assert step.captures == 2
 
 
+def test_keyword_arguments():
+    w = bp.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    step = bp.jit(lambda x, scale=1.0: (bp.Tensor(x) * w * scale).sum(), fallback="error")
+    x = np.arange(3, dtype=np.float32)
+    assert float(step(x, scale=2.0).data) == 6.0 and float(step(x * 2, scale=2.0).data) == 12.0
+    assert float(step(x).data) == 3.0 and step.captures == 2
+
+
 def test_jit_validates_its_arguments():
     with pytest.raises(ValueError, match="fallback"):
         bp.jit(lambda: None, fallback="maybe")
@@ -340,7 +354,6 @@ def test_custom_train_step_runs_eagerly():
     assert math.isfinite(h.history["loss"][0])
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nonfinite_gradient_stops_before_any_update():
     """The folded update keeps fit's promise: a NaN gradient stops training with the last finite weights."""
     x, y = _data(16)
@@ -355,7 +368,7 @@ def test_nonfinite_gradient_stops_before_any_update():
             return out, loss + (out * 0.0).abs().sqrt().sum()  # finite, with a NaN gradient
 
     assert CapturedStep.supports(NaNGradient(model, bp.optim.SGD(model.parameters(), lr=0.1)))
-    with pytest.raises(bp.TrainingDiverged, match="gradient"):
+    with pytest.raises(bp.TrainingDiverged, match="gradient"), np.errstate(all="ignore"):
         bp.fit(model, x, y, epochs=1, batch_size=8, verbose=0, step=NaNGradient)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)

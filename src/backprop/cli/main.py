@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sync-batchnorm", action="store_true",
                    help="with several ranks: BatchNorm uses the statistics of the whole batch over all the ranks "
                         "(as one process would) instead of each rank's shard")
+    t.add_argument("--no-jit", dest="jit", action="store_false",
+                   help="run every training step eagerly (default: the step is captured once and replayed, "
+                        "with the same results; see bp.jit)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for everything (default: 0)")
     t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
@@ -310,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              callbacks=callbacks, scheduler=scheduler, scheduler_interval=interval,
                              clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
                              resume_from=resume, distributed=world > 1,
-                             sync_batchnorm=world > 1 and args.sync_batchnorm)
+                             sync_batchnorm=world > 1 and args.sync_batchnorm, jit=args.jit)
         except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
             diverged, history = e, e.history
     seconds = time.perf_counter() - t0

@@ -15,7 +15,12 @@ watches one step run eagerly and writes down what happened as a flat **plan** of
 * ``call``: a whole call of a function marked :func:`~backprop.engine.function.replayable` (an
   optimizer's ``step`` or ``zero_grad``, gradient clipping), replayed with the same arguments.
 
-A plan holds several **segments** (entry points sharing one set of slots): a training loop runs the
+Each segment of the plan becomes the source of one Python function (``print(plan.source())`` shows it: a
+learner can read the captured step as straight-line code), with the slots as local variables. An op that
+has **kernels** (``kernel_forward``/``kernel_backward``, two plain functions; the op's own ``forward`` and
+``backward`` call them too) costs two function calls; any other op runs on a fresh instance.
+
+A plan holds several **segments** (entry points sharing what they keep): a training loop runs the
 forward segment, reads the loss, then runs the backward segment. Python between the ops (an ``if``, a
 loop, a print) runs only while capturing, as in ``jax.jit``; reading a computed tensor's value inside a
 captured segment (``loss.item()``, ``if loss > 0``) or making a tensor from a view of an input makes the
@@ -85,7 +90,6 @@ class Capture:
         self.segments: list[tuple[list[tuple], list[int]]] = []
         self.leaves: list[Tensor] = []
         self.inputs: list[np.ndarray] = []
-        self.calls: list[Callable] = []  # hooks: called with each recorded call (fn, args, kwargs)
         self.problem: str | None = None
         self._depth = 0
 
@@ -172,40 +176,33 @@ class Capture:
         self.code.append(("op", type(ctx), srcs, static, tuple(dynamic), s, c,
                           getattr(ctx, "needs_grad", None)))
 
-    def _argument(self, v: Any, what: str) -> Callable[[list], Any] | None:
-        """How to rebuild a keyword argument from the slots at replay (None: it is a constant).
+    def _argument(self, v: Any, what: str) -> tuple | None:
+        """How a keyword argument is rebuilt from the slots at replay: ``("slot", s)``, or ``("seq", type,
+        parts)`` for a tuple or list holding some (an index like ``(np.arange(n), target)``); None: a constant.
 
-        Arrays of the step (inputs, results of ops) are followed, also inside tuples and lists (an index
-        like ``(np.arange(n), target)``); an array derived from them outside tensor ops cannot be.
+        Arrays of the step (inputs, results of ops) are followed; an array derived from them outside tensor
+        ops cannot be.
         """
         if isinstance(v, np.ndarray):
             s = self.slot.get(id(v))
             if s is not None:
-                def get(values: list) -> Any:
-                    return values[s]
-                get.slots = {s}  # type: ignore[attr-defined]
-                return get
-            self._check_foreign(v, what)
+                return ("slot", s)
+            if self._views_input(v):  # NOTE: not the shape test: buffers (running statistics) are arguments too
+                self._fail(f"{what} is a view of an input made outside tensor ops: index the tensor instead")
             return None
         if isinstance(v, (tuple, list)) and v:
             parts = [self._argument(e, what) for e in v]
             if any(p is not None for p in parts):
-                kind, fixed = type(v), list(v)
-                pairs = [(i, p) for i, p in enumerate(parts) if p is not None]
-
-                def build(values: list) -> Any:
-                    out = list(fixed)
-                    for i, p in pairs:
-                        out[i] = p(values)
-                    return kind(out)
-                build.slots = set().union(*(p.slots for _, p in pairs))  # type: ignore[attr-defined]
-                return build
+                return ("seq", type(v), [("const", e) if p is None else p for e, p in zip(v, parts)])
         return None
 
+    def _views_input(self, a: np.ndarray) -> bool:
+        return any(x is not None and np.shares_memory(a, x) for x in self.inputs)
+
     def _check_foreign(self, a: np.ndarray, what: str) -> None:
-        """An array the step made outside tensor ops: refused if it may come from an input (a view of one, or
-        shaped like the batch), since a replay would keep its first value."""
-        if any(x is not None and np.shares_memory(a, x) for x in self.inputs):
+        """A tensor made from an array outside tensor ops: refused if the array may come from an input (a view
+        of one, or shaped like the batch), since a replay would keep its first value."""
+        if self._views_input(a):
             self._fail(f"{what} is a view of an input made outside tensor ops (e.g. bp.Tensor(x[:, :3])); make "
                        "the tensor first and index it, or run eagerly")
         elif a.ndim and any(x is not None and x.ndim and x.shape[0] > 1 and a.shape[0] == x.shape[0]
@@ -255,8 +252,6 @@ class Capture:
                 self._fail(f"{raw.__qualname__} is given a tensor computed in the step")
             elif callable(a) and not isinstance(a, type):
                 self._fail(f"{raw.__qualname__} is given a function (a closure re-evaluates the step): run eagerly")
-        for hook in self.calls:
-            hook(raw, args, kwargs)
         self.code.append(("call", raw, args, kwargs))
         self._depth += 1
         try:
@@ -294,7 +289,7 @@ class Capture:
                           tuple(p.data.shape for p in ctx.parents)))
         instr = ("backward", self.slot[id(root)], seed, tuple(nodes), retain_graph)
         self.code.append(instr)
-        _run_backward(instr, None, self.ctxs, now)
+        _run_backward(instr, self.ctxs, now)
         return None
 
     def _output_slot(self, t: Any) -> int:
@@ -308,30 +303,19 @@ class Capture:
         return Plan(self.segments, self.nslots, len(self.ctxs), self.leaves)
 
 
-def _run_backward(instr: tuple, v: Any, c: list[Function | None], g0: np.ndarray | None = None,
-                  hooks: dict[int, Callable] | None = None, finish: Callable[[], None] | None = None) -> None:
-    """The eager ``Tensor.backward`` walk, in the order fixed at capture: same arithmetic, same accumulation.
-
-    ``hooks`` (node index -> ``hook(ctx, g)``) replace some nodes' ``backward`` (a fused update takes the
-    gradients of its leaves itself and returns None for them); ``finish`` runs after the walk.
-    """
+def _run_backward(instr: tuple, c: list[Function | None], g0: np.ndarray | None) -> None:
+    """The capture's own backward: the eager ``Tensor.backward`` walk in the order the plan will replay it
+    (the generated code of :class:`Plan` does the same arithmetic, in the same order)."""
     _, root, seed, nodes, retain = instr
-    if g0 is not None:
-        pass
-    elif seed[0] == "ones":
+    if g0 is None:
         g0 = np.ones(seed[1], dtype=seed[2])
-    elif seed[0] == "slot":
-        g0 = np.asarray(v[seed[1]], dtype=seed[2])
-    else:
-        g0 = seed[1]
     grads = {root: g0}
-    for k, (cs, node, specs, _, _) in enumerate(nodes):
+    for cs, node, specs, _, _ in nodes:
         g = grads.pop(node, None)
         if g is None:
             continue
         ctx = c[cs]
-        hook = hooks.get(k) if hooks else None
-        pgs = ctx.backward(g) if hook is None else hook(ctx, g)
+        pgs = ctx.backward(g)
         if len(specs) == 1:
             pgs = (pgs,)
         for spec, pg in zip(specs, pgs):
@@ -346,29 +330,28 @@ def _run_backward(instr: tuple, v: Any, c: list[Function | None], g0: np.ndarray
         if not retain:
             _release(ctx)
             c[cs] = None
-    if finish is not None:
-        finish()
 
 
 class Plan:
     """A captured step: ``run(segment, *inputs)`` replays one segment and returns its outputs (arrays).
 
-    The slots are shared between segments (a backward segment uses what the forward segment saved), and
-    values a later segment does not need are dropped at the end of each segment, so an idle plan holds no
-    activations.
+    Each segment is generated as the source of one Python function (``print(plan.source(k))``): a line per
+    instruction, slots as local variables, so a replay costs a function call per op and nothing else. An op
+    with kernels (``Function.kernel_forward``/``kernel_backward``) is two plain calls; any other op runs its
+    ``forward`` and ``backward`` on a fresh instance. Values and saved state a later segment needs (the
+    forward's for the backward) are kept in ``self.values`` between segments, and let go by the last
+    segment that reads them, so an idle plan holds no activations.
     """
 
     def __init__(self, segments: list[tuple[list[tuple], list[int]]], nslots: int, nctx: int,
                  leaves: list[Tensor]) -> None:
         self.segments = segments
         self.leaves = leaves
-        self.values: list[Any] = [None] * nslots
-        self.ctxs: list[Function | None] = [None] * nctx
-        self._programs = []
-        for k, (code, outs) in enumerate(segments):
-            later = {s for c2, o2 in segments[k + 1:] for s in _slots_used(c2)} | set(outs)
-            drop = sorted(s for s in _slots_written(code) if s not in later)
-            self._programs.append((_compile(code, self.values), outs, drop))
+        self.values: dict[str, Any] = {}
+        self._hooks: dict[int, tuple[dict[int, Callable], Callable[[], None]]] = {}
+        self._sources: list[str] = []
+        self._functions: list[Callable] = []
+        self._generate()
 
     def backward_instruction(self, segment: int) -> tuple | None:
         """The segment's backward instruction (``("backward", root, seed, nodes, retain)``), if it has one;
@@ -377,48 +360,182 @@ class Plan:
         found = [i for i in self.segments[segment][0] if i[0] == "backward"]
         return found[0] if len(found) == 1 else None
 
+    def op_instruction(self, ctx_slot: int) -> tuple:
+        """The ``("op", cls, input slots, static kwargs, dynamic kwargs, out slot, ctx slot, needs)`` of an op."""
+        return next(i for code, _ in self.segments for i in code if i[0] == "op" and i[6] == ctx_slot)
+
     def specialise_backward(self, segment: int, hooks: dict[int, Callable], finish: Callable[[], None]) -> None:
-        """Run the segment's backward with ``hooks`` and ``finish`` (see ``_run_backward``) from now on."""
-        code = self.segments[segment][0]
-        k = next(n for n, i in enumerate(code) if i[0] == "backward")
-        instr = code[k]
-        position = sum(1 for i in code[:k] if i[0] != "const")
-        self._programs[segment][0][position] = lambda v, c, inputs: _run_backward(instr, v, c, None, hooks, finish)
+        """From now on run the segment's backward with ``hooks`` (node index -> ``hook(saved, g)``, in place
+        of a kernel op's ``kernel_backward``) and call ``finish()`` after the walk."""
+        self._hooks[segment] = (hooks, finish)
+        self._generate()
 
     def run(self, segment: int, *inputs: Any) -> list[np.ndarray]:
-        program, outs, drop = self._programs[segment]
-        v, c = self.values, self.ctxs
-        for step in program:
-            step(v, c, inputs)
-        result = [v[s] for s in outs]
-        for s in drop:
-            v[s] = None
-        return result
+        return self._functions[segment](self.values, inputs)
+
+    def source(self, segment: int = 0) -> str:
+        """The generated Python of one segment."""
+        return self._sources[segment]
 
     def __repr__(self) -> str:
-        lines = [f"<Plan: {len(self.segments)} segment(s), {len(self.values)} slots, {len(self.leaves)} leaves>"]
+        lines = [f"<Plan: {len(self.segments)} segment(s), {len(self.leaves)} leaves>"]
         for k, (code, outs) in enumerate(self.segments):
             lines.append(f"segment {k} -> slots {outs}")
             lines.extend("  " + _describe(i) for i in code)
         return "\n".join(lines)
 
+    # ------------------------------------------------------------------------------ code generation
+    def _generate(self) -> None:
+        bodies = [_Segment_code(self, k, code, outs) for k, (code, outs) in enumerate(self.segments)]
+        # which persistent names (values, saved state) each segment reads and writes: kept in between
+        last_read: dict[str, int] = {}
+        for k, b in enumerate(bodies):
+            for name in b.reads_outside:
+                last_read[name] = k
+        self._sources, self._functions = [], []
+        for k, b in enumerate(bodies):
+            keep = sorted(n for n in b.defined if last_read.get(n, -1) > k)
+            done = sorted(n for n, last in last_read.items() if last == k)
+            src, fn = b.finish(keep, done)
+            self._sources.append(src)
+            self._functions.append(fn)
 
-def _slots_used(code: list[tuple]) -> set[int]:
-    used: set[int] = set()
-    for i in code:
-        if i[0] == "op":
-            used.update(i[2])
-            for _, build in i[4]:
-                used.update(build.slots)
-        elif i[0] == "cast":
-            used.add(i[2])
-        elif i[0] == "backward" and i[2][0] == "slot":
-            used.add(i[2][1])
-    return used
+
+class _Segment_code:
+    """The source of one segment's function ``run(V, inputs)`` (V: what segments pass each other)."""
+
+    def __init__(self, plan: Plan, k: int, code: list[tuple], outs: list[int]) -> None:
+        self.plan, self.k, self.outs = plan, k, outs
+        self.ns: dict[str, Any] = {"_np": np, "_asarray": np.asarray, "_ndarray": np.ndarray, "_new": Function.__new__,
+                                   "_accumulate": _accumulate_leaf}
+        self.lines: list[str] = []
+        self.defined: set[str] = set()
+        self.reads_outside: set[str] = set()
+        hooks, self.finish_fn = plan._hooks.get(k, ({}, None))
+        self.hooks = hooks
+        for n, i in enumerate(code):
+            getattr(self, "_" + i[0])(n, *i[1:])
+
+    def _name(self, obj: Any, prefix: str) -> str:
+        name = f"{prefix}{len(self.ns)}"
+        self.ns[name] = obj
+        return name
+
+    def _use(self, var: str) -> str:
+        if var not in self.defined:
+            self.reads_outside.add(var)
+        return var
+
+    def _define(self, var: str) -> str:
+        self.defined.add(var)
+        return var
+
+    # one method per instruction kind
+    def _input(self, n: int, s: int, i: int, is_tensor: bool) -> None:
+        self.lines.append(f"{self._define(f'v{s}')} = inputs[{i}]{'.data' if is_tensor else ''}")
+
+    def _leaf(self, n: int, s: int, t: Tensor) -> None:
+        self.lines.append(f"{self._define(f'v{s}')} = {self._name(t, 'leaf')}.data")
+
+    def _const(self, n: int, s: int, value: np.ndarray) -> None:
+        self.lines.append(f"{self._define(f'v{s}')} = {self._name(value, 'const')}")
+
+    def _cast(self, n: int, s: int, src: int, dtype: np.dtype) -> None:
+        self.lines.append(f"{self._define(f'v{s}')} = _asarray({self._use(f'v{src}')}, dtype={self._name(dtype, 'dt')})")
+
+    def _expr(self, spec: tuple) -> str:
+        """A keyword argument rebuilt at replay (see ``Capture._argument``)."""
+        if spec[0] == "slot":
+            return self._use(f"v{spec[1]}")
+        if spec[0] == "const":
+            return self._name(spec[1], "k")
+        items = ", ".join(self._expr(p) for p in spec[2])
+        return f"{self._name(spec[1], 'seq')}(({items}{',' if len(spec[2]) == 1 else ''}))"
+
+    def _op(self, n: int, cls: type[Function], srcs: tuple[int, ...], static: dict[str, Any],
+            dynamic: tuple[tuple[str, Any], ...], s: int, cs: int | None, needs: tuple[bool, ...] | None) -> None:
+        args = [self._use(f"v{j}") for j in srcs]
+        args += [f"{k}={self._name(v, 'k')}" for k, v in static.items()]
+        args += [f"{k}={self._expr(spec)}" for k, spec in dynamic]
+        call = ", ".join(args)
+        out = self._define(f"v{s}")
+        if _has_kernels(cls):
+            fn = self._name(cls.kernel_forward, "fwd")
+            if cs is None:
+                self.lines.append(f"{out} = {fn}({call})[0]")
+            else:
+                self.lines.append(f"{out}, {self._define(f's{cs}')} = {fn}({call})")
+        else:
+            ctx = f"c{cs}" if cs is not None else "_c"
+            self.lines.append(f"{ctx} = _new({self._name(cls, 'cls')})")
+            self.lines.append(f"{out} = {ctx}.forward({call})")
+            self.lines.append(f"if type({out}) is not _ndarray: {out} = _asarray({out})")
+            if cs is not None:
+                self.lines.append(f"{ctx}.needs_grad = {self._name(needs, 'needs')}")
+                self._define(ctx)
+
+    def _call(self, n: int, fn: Callable, args: tuple, kwargs: dict) -> None:
+        self.lines.append(f"{self._name(fn, 'call')}(*{self._name(args, 'a')}, **{self._name(kwargs, 'kw')})")
+
+    def _backward(self, n: int, root: int, seed: tuple, nodes: tuple, retain: bool) -> None:
+        L = self.lines
+        if seed[0] == "ones":
+            L.append(f"g{root} = _np.ones({seed[1]!r}, dtype={self._name(seed[2], 'dt')})")
+        elif seed[0] == "slot":
+            L.append(f"g{root} = _asarray({self._use(f'v{seed[1]}')}, dtype={self._name(seed[2], 'dt')})")
+        else:
+            L.append(f"g{root} = {self._name(seed[1], 'seed')}")
+        receives = sorted({spec[1] for node in nodes for spec in node[2] if spec is not None and spec[0] == "node"})
+        if receives:
+            L.append(" = ".join(f"g{s}" for s in receives) + " = None")
+        for k, (cs, slot, specs, cls, _) in enumerate(nodes):
+            g = f"g{slot}"
+            body: list[str] = []
+            kernel = _has_kernels(cls)
+            saved = self._use(f"s{cs}") if kernel else self._use(f"c{cs}")
+            hook = self.hooks.get(k)
+            if hook is not None:
+                body.append(f"r = {self._name(hook, 'hook')}({saved}, {g})")
+            elif kernel:
+                body.append(f"r = {self._name(cls.kernel_backward, 'bwd')}({saved}, {g}, "
+                            f"{self._name(self.plan.op_instruction(cs)[7], 'needs')})")
+            else:
+                body.append(f"r = {saved}.backward({g})")
+            parts = ["r"] if len(specs) == 1 else [f"r[{i}]" for i in range(len(specs))]
+            for spec, part in zip(specs, parts):
+                if spec is None:
+                    continue
+                check = "" if kernel and hook is None else f"if {part} is not None: "
+                if spec[0] == "leaf":
+                    body.append(f"{check}_accumulate({self._name(spec[1], 'leaf')}, {part}, {g})")
+                else:
+                    p = f"g{spec[1]}"
+                    body.append(f"{check}{p} = {part} if {p} is None else {p} + {part}")
+            if not retain:  # NOTE: let go of what the op saved as soon as its gradient is out, as the eager walk
+                body.append(f"{saved} = None")
+            if slot == root:
+                L.extend(body)
+            else:
+                L.append(f"if {g} is not None:")
+                L.extend("    " + b for b in body)
+            L.append(f"{g} = None")
+        if self.finish_fn is not None:
+            L.append(f"{self._name(self.finish_fn, 'finish')}()")
+
+    def finish(self, keep: list[str], done: list[str]) -> tuple[str, Callable]:
+        """The function's source and the function: load what earlier segments kept, run, keep, return."""
+        head = [f"    {name} = V[{name!r}]" for name in sorted(self.reads_outside)]
+        tail = [f"    V[{name!r}] = {name}" for name in keep]
+        tail += [f"    V.pop({name!r}, None)" for name in done if name not in keep]
+        outs = ", ".join(f"v{s}" for s in self.outs)
+        src = "\n".join([f"def segment_{self.k}(V, inputs):", *head, *("    " + x for x in self.lines), *tail,
+                         f"    return [{outs}]"])
+        exec(compile(src, f"<captured segment {self.k}>", "exec"), self.ns)  # noqa: S102 - our own generated code
+        return src, self.ns[f"segment_{self.k}"]
 
 
-def _slots_written(code: list[tuple]) -> set[int]:
-    return {i[5] if i[0] == "op" else i[1] for i in code if i[0] in ("op", "input", "leaf", "cast")}
+def _has_kernels(cls: type[Function]) -> bool:
+    return cls.kernel_forward is not None and cls.kernel_backward is not None
 
 
 def _describe(i: tuple) -> str:
@@ -436,82 +553,6 @@ def _describe(i: tuple) -> str:
     if kind == "backward":
         return f"backward from v{i[1]} through {len(i[3])} ops"
     return f"call {i[1].__qualname__}"
-
-
-def _compile(code: list[tuple], values: list[Any]) -> list[Callable]:
-    """Each instruction as a small closure ``step(values, ctxs, inputs)``."""
-    program = []
-    for i in code:
-        kind = i[0]
-        if kind == "const":
-            values[i[1]] = i[2]  # NOTE: set once; no instruction needed at run time
-        elif kind == "input":
-            program.append(_input(i[1], i[2], i[3]))
-        elif kind == "leaf":
-            program.append(_leaf(i[1], i[2]))
-        elif kind == "cast":
-            program.append(_cast(i[1], i[2], i[3]))
-        elif kind == "op":
-            program.append(_op(*i[1:]))
-        elif kind == "backward":
-            program.append(lambda v, c, inputs, i=i: _run_backward(i, v, c))
-        else:
-            program.append(lambda v, c, inputs, fn=i[1], a=i[2], kw=i[3]: fn(*a, **kw))
-    return program
-
-
-def _input(s: int, k: int, is_tensor: bool) -> Callable:
-    if is_tensor:
-        def step(v, c, inputs):
-            v[s] = inputs[k].data
-    else:
-        def step(v, c, inputs):
-            v[s] = inputs[k]
-    return step
-
-
-def _leaf(s: int, t: Tensor) -> Callable:
-    def step(v, c, inputs):
-        v[s] = t.data
-    return step
-
-
-def _cast(s: int, src: int, dtype: np.dtype) -> Callable:
-    def step(v, c, inputs):
-        v[s] = np.asarray(v[src], dtype=dtype)
-    return step
-
-
-def _op(cls: type[Function], srcs: tuple[int, ...], static: dict[str, Any], dynamic: tuple[tuple[str, Callable], ...],
-        s: int, cs: int | None, needs: tuple[bool, ...] | None) -> Callable:
-    """One op: the same ``forward`` on a fresh instance; kept for ``backward`` when it is differentiated."""
-    new, asarray, ndarray = Function.__new__, np.asarray, np.ndarray
-
-    def step(v, c, inputs):
-        ctx = new(cls)
-        kw = dict(static)
-        for k, build in dynamic:
-            kw[k] = build(v)
-        out = ctx.forward(*[v[j] for j in srcs], **kw)
-        v[s] = out if type(out) is ndarray else asarray(out)
-        if cs is not None:
-            ctx.needs_grad = needs
-            c[cs] = ctx
-
-    if dynamic:
-        return step
-    a = srcs[0] if len(srcs) == 1 else None
-
-    # NOTE: the common cases without the dict copy and the argument list (a few hundred ns an op)
-    def step_fast(v, c, inputs):
-        ctx = new(cls)
-        out = ctx.forward(v[a], **static) if a is not None else ctx.forward(*[v[j] for j in srcs], **static)
-        v[s] = out if type(out) is ndarray else asarray(out)
-        if cs is not None:
-            ctx.needs_grad = needs
-            c[cs] = ctx
-
-    return step_fast
 
 
 # ------------------------------------------------------------------------- what capturing patches

@@ -146,11 +146,23 @@ class Function:
     needs_grad: tuple[bool, ...]
     retains: bool = False  # set by Tensor.retain_grad on the Function that made that tensor
 
+    # NOTE: an op may instead be written as two plain functions (staticmethods), which a captured step
+    # (backprop.engine.capture) calls directly, without making an instance or setting attributes:
+    #   kernel_forward(*arrays, **kwargs) -> (out, saved)      kernel_backward(saved, g, needs_grad) -> grads
+    # forward and backward below then use them, so the eager and the captured step share one arithmetic.
+    kernel_forward: Callable[..., tuple[np.ndarray, Any]] | None = None
+    kernel_backward: Callable[[Any, np.ndarray, tuple[bool, ...]], Any] | None = None
+
     def forward(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        raise NotImplementedError
+        if self.kernel_forward is None:
+            raise NotImplementedError
+        out, self.saved = self.kernel_forward(*args, **kwargs)
+        return out
 
     def backward(self, grad: np.ndarray) -> Any:
-        raise NotImplementedError
+        if self.kernel_backward is None:
+            raise NotImplementedError
+        return self.kernel_backward(self.saved, grad, self.needs_grad)
 
     @classmethod
     def apply(cls, *parents: Any, **kwargs: Any) -> Any:

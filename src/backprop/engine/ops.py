@@ -210,12 +210,14 @@ class Abs(Function):
 
 @register(unary(lambda x: x.relu(), lambda T, x: x.relu(), domain="nonzero", name="relu"))
 class ReLU(Function):
-    def forward(self, x):
-        self.out = np.maximum(x, 0)
-        return self.out
+    @staticmethod
+    def kernel_forward(x):
+        out = np.maximum(x, 0)
+        return out, out
 
-    def backward(self, g):  # d max(x,0) = 1 where x > 0, else 0
-        return g * (self.out > 0)
+    @staticmethod
+    def kernel_backward(out, g, needs):  # d max(x,0) = 1 where x > 0, else 0
+        return g * (out > 0)
 
 
 @register(unary(lambda x: x.leaky_relu(0.1), lambda T, x: T.nn.functional.leaky_relu(x, 0.1), domain="nonzero",
@@ -231,25 +233,28 @@ class LeakyReLU(Function):
 
 @register(unary(lambda x: x.sigmoid(), lambda T, x: x.sigmoid(), name="sigmoid"))
 class Sigmoid(Function):
-    def forward(self, x):
+    @staticmethod
+    def kernel_forward(x):
         # NOTE: exp(-|x|) is at most 1, so neither branch overflows for any x (e.g. +-1e4).
         e = np.exp(-np.abs(x))
-        self.out = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        return self.out
+        out = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        return out, out
 
-    def backward(self, g):  # s' = s (1 - s)
-        s = self.out
+    @staticmethod
+    def kernel_backward(s, g, needs):  # s' = s (1 - s)
         return g * s * (1 - s)
 
 
 @register(unary(lambda x: x.tanh(), lambda T, x: x.tanh(), name="tanh"))
 class Tanh(Function):
-    def forward(self, x):
-        self.out = np.tanh(x)
-        return self.out
+    @staticmethod
+    def kernel_forward(x):
+        out = np.tanh(x)
+        return out, out
 
-    def backward(self, g):  # tanh' = 1 - tanh^2
-        return g * (1 - self.out * self.out)
+    @staticmethod
+    def kernel_backward(out, g, needs):  # tanh' = 1 - tanh^2
+        return g * (1 - out * out)
 
 
 # NOTE: scipy.special.erf is imported by the first exact GELU, not with backprop: importing scipy.special

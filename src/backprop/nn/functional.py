@@ -67,8 +67,8 @@ from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 class Linear(Function):
     """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch."""
 
-    def forward(self, x, w, b=None):
-        self.x, self.w = x, w
+    @staticmethod
+    def kernel_forward(x, w, b=None):
         try:
             y = linear_forward(x, w)
         except ValueError:
@@ -78,10 +78,11 @@ class Linear(Function):
             ) from None
         if b is not None:
             y += b
-        return y
+        return y, (x, w)
 
-    def backward(self, g):  # dL/dx = G W,  dL/dW = G^T x,  dL/db = sum of G over the batch
-        x, w, needs = self.x, self.w, self.needs_grad
+    @staticmethod
+    def kernel_backward(saved, g, needs):  # dL/dx = G W,  dL/dW = G^T x,  dL/db = sum of G over the batch
+        x, w = saved
         gx = g @ w if needs[0] else None
         if x.ndim != 2:
             x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, w.shape[0])

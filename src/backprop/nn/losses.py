@@ -113,17 +113,18 @@ _CE_PROBS = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.8, 0.1], [0.25, 
 class CrossEntropy(Function):
     """Softmax cross-entropy from logits (N, C), fused: loss_i = logsumexp(z_i) - sum_c q_ic z_ic."""
 
-    def forward(self, z, target=None, reduction="mean", label_smoothing=0.0):
+    @staticmethod
+    def kernel_forward(z, target=None, reduction="mean", label_smoothing=0.0):
         n, c = z.shape
         shifted = z - z.max(axis=1, keepdims=True)  # NOTE: the max shifted out: exp never overflows
         e = np.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
         logp = shifted - np.log(s)
-        self.p = e / s  # softmax, the gradient's main term
+        p = e / s  # softmax, the gradient's main term
         eps = label_smoothing
         rows = np.arange(n)
         if target.ndim == 1:  # class indices
-            self.target_idx, self.q = target, None
+            q = None
             loss = -logp[rows, target]
             if eps:
                 loss = (1 - eps) * loss - (eps / c) * logp.sum(axis=1)
@@ -131,25 +132,26 @@ class CrossEntropy(Function):
             q = target.astype(z.dtype, copy=False)
             if eps:
                 q = q * (1 - eps) + eps / c
-            self.q = q
             loss = -(q * logp).sum(axis=1)
-        self.eps, self.reduction, self.n = eps, reduction, n
+        saved = (p, target, q, eps, reduction)
         if reduction == "mean":
-            return np.asarray(loss.mean(), dtype=z.dtype)
+            return np.asarray(loss.mean(), dtype=z.dtype), saved
         if reduction == "sum":
-            return np.asarray(loss.sum(), dtype=z.dtype)
-        return loss.astype(z.dtype, copy=False)
+            return np.asarray(loss.sum(), dtype=z.dtype), saved
+        return loss.astype(z.dtype, copy=False), saved
 
-    def backward(self, g):  # d loss_i / d z_i = softmax(z_i) * sum(q_i) - q_i
-        n, c = self.p.shape
-        if self.q is None:
-            grad = self.p - self.eps / c if self.eps else self.p.copy()
-            grad[np.arange(n), self.target_idx] -= 1 - self.eps
+    @staticmethod
+    def kernel_backward(saved, g, needs):  # d loss_i / d z_i = softmax(z_i) * sum(q_i) - q_i
+        p, target, q, eps, reduction = saved
+        n, c = p.shape
+        if q is None:
+            grad = p - eps / c if eps else p.copy()
+            grad[np.arange(n), target] -= 1 - eps
         else:
-            grad = self.p * self.q.sum(axis=1, keepdims=True) - self.q
-        if self.reduction == "none":
+            grad = p * q.sum(axis=1, keepdims=True) - q
+        if reduction == "none":
             return grad * g[:, None]
-        scale = g / n if self.reduction == "mean" else g
+        scale = g / n if reduction == "mean" else g
         grad *= scale
         return grad
 

@@ -140,22 +140,29 @@ class Jitted:
         self.captures = 0
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any) -> Any:
-        key = (tuple([_describe(a) for a in args]), is_grad_enabled())
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:  # NOTE: keyword arguments become positional ones after the others, in a fixed order
+            names = tuple(sorted(kwargs))
+            call = functools.partial(_by_keyword, self.fn, len(args), names)
+            return self._call((*args, *[kwargs[k] for k in names]), names, call)
+        return self._call(args, (), self.fn)
+
+    def _call(self, args: tuple[Any, ...], names: tuple[str, ...], fn: Callable) -> Any:
+        key = (tuple([_describe(a) for a in args]), names, is_grad_enabled())
         entries = self.plans.get(key, ())
         if entries is _EAGER:
-            return self.fn(*args)
+            return fn(*args)
         for entry in entries:  # NOTE: one plan per train/eval mode and requires_grad pattern, as torch.compile
             if entry.holds():
                 return _unflatten(entry.outputs, entry.plan.run(0, *args))
-        return self._capture(key, args)
+        return self._capture(key, args, fn)
 
-    def _capture(self, key: Any, args: tuple[Any, ...]) -> Any:
+    def _capture(self, key: Any, args: tuple[Any, ...], fn: Callable) -> Any:
         cap = Capture()
         result: list[Any] = []
         try:
             with _ModuleCalls() as calls, cap.segment(*args) as seg:
-                result.append(self.fn(*seg.inputs))
+                result.append(fn(*seg.inputs))
                 tensors, structure = _flatten(result[0])
                 seg.outputs(*tensors)
         except CaptureError as e:
@@ -174,6 +181,10 @@ class Jitted:
             fuse_sgd(plan, 0, opt)
         self.plans.setdefault(key, []).append(_Captured(plan, calls.modules, structure))
         return _detach(result[0])
+
+
+def _by_keyword(fn: Callable, n: int, names: tuple[str, ...], *args: Any) -> Any:
+    return fn(*args[:n], **dict(zip(names, args[n:])))
 
 
 def _flatten(out: Any) -> tuple[list[Tensor], Any]:
@@ -344,6 +355,10 @@ def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
 
 
 # ------------------------------------------------------------------------- plain SGD, folded in
+#: Fold the update of weights this large or larger. NOTE: below, the one gemm saves less than the calls
+#: around it cost (a 4-8-3 network's step was slower folded).
+FUSE_MIN_WEIGHTS = 4096
+
 def _plain(group: dict[str, Any]) -> bool:
     return not group["momentum"] and not group["weight_decay"] and not group["maximize"]
 
@@ -401,20 +416,23 @@ def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = Fals
     hooks = {}
     for k, (_, _, specs, cls, shapes) in enumerate(nodes):
         # NOTE: a batch of rows (not of sequences: the product would need the rows flattened first)
-        if cls is Linear and len(shapes[0]) == 2 and fusable(specs[1]) and (
+        if cls is Linear and len(shapes[0]) == 2 and math.prod(shapes[1]) >= FUSE_MIN_WEIGHTS and fusable(specs[1]) and (
                 len(specs) == 2 or specs[2] is None or fusable(specs[2])):
             hooks[k] = _linear_hook(specs[1][1], specs[2][1] if len(specs) == 3 and specs[2] else None,
-                                    len(specs), deferred)
+                                    plan.op_instruction(nodes[k][0])[7], deferred)
     if hooks:
         plan.specialise_backward(segment, hooks, _fused_update(deferred, group_of, optimizer, check_finite))
     return len(hooks)
 
 
-def _linear_hook(w: Any, b: Any, arity: int, deferred: list) -> Any:
-    """A Linear node's backward that leaves its weight's (and bias's) update for later."""
-    def hook(ctx: Any, g: np.ndarray) -> tuple:
-        deferred.append((w, b, ctx.x, g))
-        return (g @ ctx.w if ctx.needs_grad[0] else None, None, None)[:arity]
+def _linear_hook(w: Any, b: Any, needs: tuple[bool, ...], deferred: list) -> Any:
+    """A Linear node's backward that leaves its weight's (and bias's) update for later: only the input
+    gradient is formed now, by the op's own kernel."""
+    only_input = (needs[0],) + (False,) * (len(needs) - 1)
+
+    def hook(saved: tuple, g: np.ndarray) -> tuple:
+        deferred.append((w, b, saved[0], g))
+        return Linear.kernel_backward(saved, g, only_input)
     return hook
 
 
@@ -451,11 +469,15 @@ def _fused_update(deferred: list, group_of: dict[int, Any], optimizer: Any, chec
 
 
 def _safe(items: list, optimizer: Any) -> bool:
-    """True when every gradient of this step is finite: the folded ones by their factors, the rest exactly."""
+    """True when every gradient of this step is finite: the folded ones by their factors, the rest exactly.
+
+    NOTE: one dot product per factor (a single BLAS pass): ``|a|^2 = a.a`` is finite only if every entry is
+    (and not huge), and ``max|a| <= |a|``, so ``B * |g| * |x| < max`` bounds every entry of ``g.T @ x``.
+    """
     for _, _, x, g in items:
-        big = np.finfo(g.dtype).max
-        gm, xm = max(float(g.max()), -float(g.min())), max(float(x.max()), -float(x.min()))
-        if not (math.isfinite(gm) and math.isfinite(xm) and g.shape[0] * gm * xm < big):
+        gf, xf = g.reshape(-1), x.reshape(-1)
+        gg, xx = float(np.dot(gf, gf)), float(np.dot(xf, xf))
+        if not (math.isfinite(gg) and math.isfinite(xx) and g.shape[0] * math.sqrt(gg * xx) < np.finfo(g.dtype).max):
             return False
     named = [("", p) for group in optimizer.param_groups for p in group["params"]]
     return _nonfinite_gradient(named) is None
