@@ -413,8 +413,10 @@ class _Segment_code:
         self.reads_outside: set[str] = set()
         hooks, self.finish_fn = plan._hooks.get(k, ({}, None))
         self.hooks = hooks
+        emit = {"input": self._input, "leaf": self._leaf, "const": self._const, "cast": self._cast, "op": self._op,
+                "call": self._call, "backward": self._backward}
         for n, i in enumerate(code):
-            getattr(self, "_" + i[0])(n, *i[1:])
+            emit[i[0]](n, *i[1:])
 
     def _name(self, obj: Any, prefix: str) -> str:
         name = f"{prefix}{len(self.ns)}"
