@@ -99,6 +99,7 @@ class _Captured:
         self.plan, self.modules, self.outputs = plan, modules, outputs
         self.modes = tuple(m.training for m in modules)
         self.grads = tuple(t.requires_grad for t in plan.leaves)
+        self.update: Any = None  # the folded SGD update of its backward, if any
 
     def holds(self) -> bool:
         return (tuple([m.training for m in self.modules]) == self.modes
@@ -243,6 +244,7 @@ class CapturedStep:
         self.captures = 0
         self._pending: tuple[Capture, Any, Tensor] | None = None
         self._active: tuple[Any, Tensor] | None = None
+        self._folded: _FoldedUpdate | None = None
 
     @staticmethod
     def supports(step: Any) -> bool:
@@ -310,6 +312,7 @@ class CapturedStep:
             entry, _ = self._active
             self._active = None
             entry.plan.run(1, seed)
+            self._folded = entry.update
             return None
         if self._pending is not None and self._pending[2] is loss:
             cap, key, _ = self._pending
@@ -322,14 +325,19 @@ class CapturedStep:
                 return None
             self.captures += 1
             plan = cap.plan()
+            entry = _Captured(plan, self.modules, None)
             if self.fuse:
-                fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
-            self.plans[key] = _Captured(plan, self.modules, None)
+                entry.update = fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
+            self.plans[key] = entry
             return None
         return self.step.backpropagate(loss, scale, x)
 
     def apply_gradients(self, loss_value: float = math.nan) -> None:
-        self.step.apply_gradients(loss_value)
+        folded, self._folded = self._folded, None
+        if folded is not None and folded.checked and type(self.step).apply_gradients is Step.apply_gradients:
+            self.optimizer.step()  # NOTE: no clipping (else nothing is folded) and the gradients were checked
+        else:
+            self.step.apply_gradients(loss_value)
 
     def epoch_weight(self, batch: Batch) -> float:
         return self.step.epoch_weight(batch)
@@ -381,8 +389,8 @@ def _plain_sgd_step(plan: Plan) -> SGD | None:
     return opt if cleared and len(after[0][2]) == 1 and not after[0][3] else None
 
 
-def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = False) -> int:
-    """Fold plain SGD's update of every Linear weight into its weight-gradient product; return how many.
+def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = False) -> _FoldedUpdate | None:
+    """Fold plain SGD's update of every large Linear weight into its weight-gradient product.
 
     Each Linear layer's backward then computes only its input gradient; once the walk is over (every
     gradient known, so with ``check_finite`` nothing has moved yet when a check fails), each weight gets
@@ -399,7 +407,7 @@ def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = Fals
     """
     instr = plan.backward_instruction(segment)
     if instr is None or type(optimizer) is not SGD:
-        return 0
+        return None
     nodes = instr[3]
     uses: dict[int, int] = {}
     for _, _, specs, _, _ in nodes:
@@ -412,17 +420,18 @@ def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = Fals
         return (spec is not None and spec[0] == "leaf" and isinstance(spec[1], Parameter)
                 and uses[id(spec[1])] == 1 and id(spec[1]) in group_of)
 
-    deferred: list[tuple[Any, Any, np.ndarray, np.ndarray]] = []
+    update = _FoldedUpdate(group_of, optimizer, check_finite)
     hooks = {}
     for k, (_, _, specs, cls, shapes) in enumerate(nodes):
         # NOTE: a batch of rows (not of sequences: the product would need the rows flattened first)
         if cls is Linear and len(shapes[0]) == 2 and math.prod(shapes[1]) >= FUSE_MIN_WEIGHTS and fusable(specs[1]) and (
                 len(specs) == 2 or specs[2] is None or fusable(specs[2])):
             hooks[k] = _linear_hook(specs[1][1], specs[2][1] if len(specs) == 3 and specs[2] else None,
-                                    plan.op_instruction(nodes[k][0])[7], deferred)
-    if hooks:
-        plan.specialise_backward(segment, hooks, _fused_update(deferred, group_of, optimizer, check_finite))
-    return len(hooks)
+                                    plan.op_instruction(nodes[k][0])[7], update.deferred)
+    if not hooks:
+        return None
+    plan.specialise_backward(segment, hooks, update)
+    return update
 
 
 def _linear_hook(w: Any, b: Any, needs: tuple[bool, ...], deferred: list) -> Any:
@@ -443,14 +452,28 @@ def _form(w: Any, b: Any, x: np.ndarray, g: np.ndarray) -> None:
         accumulate_grad(b, g.sum(axis=0), g)
 
 
-def _fused_update(deferred: list, group_of: dict[int, Any], optimizer: Any, check_finite: bool) -> Any:
-    def finish() -> None:
-        items = list(deferred)
-        deferred.clear()
-        if check_finite and not _safe(items, optimizer):
+class _FoldedUpdate:
+    """``finish()``: the updates the backward left for later, made once every gradient is known.
+
+    ``checked`` says that this step's gradients were all found finite (with ``check_finite``), so the
+    step's own check need not look again.
+    """
+
+    def __init__(self, group_of: dict[int, Any], optimizer: Any, check_finite: bool) -> None:
+        self.deferred: list[tuple[Any, Any, np.ndarray, np.ndarray]] = []
+        self.group_of, self.check_finite = group_of, check_finite
+        self.named = [("", p) for group in optimizer.param_groups for p in group["params"]]
+        self.checked = False
+
+    def __call__(self) -> None:
+        items = list(self.deferred)
+        self.deferred.clear()
+        self.checked = self.check_finite and _safe(items, self.named)
+        if self.check_finite and not self.checked:  # the exact check decides, on formed gradients
             for item in items:
                 _form(*item)
             return
+        group_of = self.group_of
         for w, b, x, g in items:
             group = group_of[id(w)]
             bgroup = group if b is None else group_of[id(b)]
@@ -464,11 +487,14 @@ def _fused_update(deferred: list, group_of: dict[int, Any], optimizer: Any, chec
                 gb = g.sum(axis=0)
                 data = b.data
                 data -= float(bgroup["lr"]) * gb  # NOTE: SGD's own arithmetic, to the bit
-                b.grad = LazyGrad(lambda gb=gb: gb)
-    return finish
+                b.grad = LazyGrad(functools.partial(_same, gb))
 
 
-def _safe(items: list, optimizer: Any) -> bool:
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _safe(items: list, named: list[tuple[str, Any]]) -> bool:
     """True when every gradient of this step is finite: the folded ones by their factors, the rest exactly.
 
     NOTE: one dot product per factor (a single BLAS pass): ``|a|^2 = a.a`` is finite only if every entry is
@@ -479,5 +505,4 @@ def _safe(items: list, optimizer: Any) -> bool:
         gg, xx = float(np.dot(gf, gf)), float(np.dot(xf, xf))
         if not (math.isfinite(gg) and math.isfinite(xx) and g.shape[0] * math.sqrt(gg * xx) < np.finfo(g.dtype).max):
             return False
-    named = [("", p) for group in optimizer.param_groups for p in group["params"]]
     return _nonfinite_gradient(named) is None
