@@ -85,10 +85,10 @@ def jit(fn: Callable | None = None, *, fallback: str = "warn") -> Any:
 
 def _describe(x: Any) -> Any:
     """What the guard keys on for one argument: an array's shape and dtype, a Python value itself."""
-    if isinstance(x, np.ndarray):
-        return (x.shape, x.dtype.str)
+    if type(x) is np.ndarray:  # NOTE: the dtype object itself (it hashes by value); .str builds a string
+        return (x.shape, x.dtype)
     if isinstance(x, Tensor):
-        return ("T", x.data.shape, x.data.dtype.str, x.requires_grad)
+        return ("T", x.data.shape, x.data.dtype, x.requires_grad)
     return ("=", x) if isinstance(x, (int, float, str, bool, type(None))) else ("id", id(x))
 
 
@@ -212,11 +212,18 @@ def _unflatten(structure: Any, arrays: Sequence[np.ndarray]) -> Any:
     if structure is None:
         return None
     if isinstance(structure, int):
-        return Tensor(arrays[structure])
+        return _wrap(arrays[structure])
     kind, items = structure
     if kind is dict:
         return {k: _unflatten(v, arrays) for k, v in items.items()}
     return kind(_unflatten(v, arrays) for v in items)
+
+
+def _wrap(a: np.ndarray) -> Tensor:
+    """A result as a Tensor without a graph (what ``Tensor(a)`` makes, without its checks: ``a`` came from an op)."""
+    t = object.__new__(Tensor)
+    t.data, t.grad, t.requires_grad, t._ctx = a, None, False, None
+    return t
 
 
 def _detach(out: Any) -> Any:
@@ -279,9 +286,9 @@ class CapturedStep:
             return self.step.compute_loss(batch)
         if entry is not None and entry.holds():
             out, loss = entry.plan.run(0, batch.x, batch.y, batch.w)
-            loss_t = Tensor(loss)
+            loss_t = _wrap(loss)
             self._active = (entry, loss_t)
-            return Tensor(out), loss_t
+            return _wrap(out), loss_t
         return self._capture(key, batch)
 
     def _capture(self, key: Any, batch: Batch) -> tuple[Tensor, Tensor]:
