@@ -1,9 +1,9 @@
-"""Training throughput and memory of a LeNet-5-like CNN: backprop vs PyTorch (CPU).
+"""Training throughput and memory of LeNet-5: backprop vs PyTorch (CPU), one library per process.
 
 Run from the repository root::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cnn_train.py              # the fair comparison
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cnn_train.py --quick      # ~30 s
+    python benchmarks/cnn_train.py             # the full comparison, a few minutes on 2 cores
+    python benchmarks/cnn_train.py --quick     # ~1 minute
 
 Network (both libraries, float32, NCHW)::
 
@@ -15,60 +15,80 @@ trained with softmax cross-entropy and plain SGD (lr 0.05) at batch 128 on synth
 
 It prints:
 
-1. samples/second of a training epoch (``--samples`` samples, default 60000) for backprop's idiomatic loop
-   (``DataLoader``, ``model(bp.Tensor(xb))``, ``cross_entropy``, ``zero_grad``/``backward``/``step``) and
-   PyTorch's, with the same thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``),
-   best of ``--repeats`` epochs, the two interleaved (order alternating) so that a noisy moment on a shared
-   machine hits both; then the ratio and a PASS/FAIL line for backprop >= 0.5x PyTorch.
-2. where backprop's time goes: one more epoch with every ``Function``'s forward and backward timed, per op
-   and layer (the timing wrappers are installed on the classes in this process only, and removed after).
-3. the peak memory of one training epoch for each library, each measured in a fresh subprocess as the
-   growth of the peak resident set size over the resident size after imports, data and model creation
-   (Linux: the peak is reset then and read from /proc/self/status VmHWM, because ru_maxrss is inherited
-   across fork+exec from this process; elsewhere ru_maxrss); a PASS/FAIL line for backprop <= 2x PyTorch.
+1. samples/second of a training epoch (``--samples`` samples) for ``backprop-loop`` (the idiomatic loop:
+   ``DataLoader``, ``model(bp.Tensor(xb))``, ``cross_entropy``, ``zero_grad``/``backward``/``step``),
+   ``backprop-jit`` (that loop's step captured by ``bp.jit``, while backprop has one), ``backprop-fit``
+   (``bp.fit(..., epochs=1, verbose=0, metrics=())``) and ``torch`` (PyTorch's idiomatic loop), every one at
+   1 thread pinned to one core and at 2 threads, each (implementation, threads) in its own process (see
+   ``_common.py`` for why), ``--rounds`` rounds in rotated order: the median and half the range of the rounds,
+   each library at its best thread count, and the ratio to PyTorch's best (target >= 1.0x, PASS/FAIL).
+2. where backprop's time goes: one more epoch in a ``backprop-loop`` process (at that loop's best thread
+   count) with every ``Function``'s forward and backward timed, per op and layer (the timing wrappers are
+   installed on the classes of that process only).
+3. the peak memory of one training epoch for each implementation, each in a fresh process: the growth of
+   the peak resident set size over the resident size after imports, data and model creation (Linux: the
+   peak is reset then and read from /proc/self/status VmHWM, because ru_maxrss is inherited across
+   fork+exec; elsewhere ru_maxrss), and its ratio to PyTorch's (target <= 1.5x, PASS/FAIL).
 
-Importing this module runs nothing.
+A sanity line copies backprop's initial weights into PyTorch (through an .npz file, each library in its own
+process) and compares the weights after 3 steps. Importing this module runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
+import importlib.util
 import os
 import resource
-import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers beside this script
 from _common import (
-    _loadavg,
-    _torch,
+    Job,
+    Key,
+    Spread,
     backprop_epoch,
-    environment_lines,
+    backprop_train_step,
+    best_threads,
+    cpu_seconds,
+    emit,
+    env_lines,
+    errors,
+    launch,
+    library_lines,
+    loadavg,
+    numpy_threads,
+    parse_threads,
     print_table,
-    thread_limits,
+    run_rounds,
+    spreads,
     torch_epoch,
+    torch_threads,
     verdict,
+    warmup_samples,
 )
 
+SCRIPT = os.path.abspath(__file__)
 N_TRAIN, N_CLASSES, SIDE = 60000, 10, 28
 BATCH, LR = 128, 0.05
-DATA_SEED, INIT_SEED = 0, 0
-SPEED_TARGET = 0.5  # backprop samples/s >= 0.5x PyTorch's
-MEMORY_TARGET = 2.0  # backprop peak epoch memory <= 2x PyTorch's
-FAIR_COMMAND = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cnn_train.py"
+DATA_SEED = INIT_SEED = 0
+SANITY_STEPS = 3
+BACKPROP = ("backprop-loop", "backprop-jit", "backprop-fit")
+IMPLS = (*BACKPROP, "torch")
+SPEED_TARGET = 1.0  # backprop samples/s >= 1.0x PyTorch's, each at its best thread count
+MEMORY_TARGET = 1.5  # backprop peak epoch memory growth <= 1.5x PyTorch's
 
 
 # ------------------------------------------------------------------------------------------------ data
 def make_data(n: int = N_TRAIN, seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-shaped synthetic data: x (n, 1, 28, 28) float32 in [0, 1), y int64 labels (made without temporaries)."""
+    """MNIST-shaped synthetic data: x (n, 1, 28, 28) float32 in [0, 1), y int64 labels (no temporaries)."""
     rng = np.random.default_rng(seed)
     x = rng.random((n, 1, SIDE, SIDE), dtype=np.float32)
     y = rng.integers(0, N_CLASSES, size=n, dtype=np.int64)
@@ -76,86 +96,148 @@ def make_data(n: int = N_TRAIN, seed: int = DATA_SEED) -> tuple[np.ndarray, np.n
 
 
 # -------------------------------------------------------------------------------------------- the models
-def backprop_lenet(seed: int = INIT_SEED):
-    import backprop as bp
-    from backprop.nn.conv import Conv2d
-    from backprop.nn.pooling import MaxPool2d
-
-    nn = bp.nn
-    bp.manual_seed(seed)
+def lenet(nn: Any) -> Any:
+    """LeNet-5 from a module namespace with PyTorch's names (``bp.nn`` or ``torch.nn``)."""
     return nn.Sequential(
-        Conv2d(1, 6, 5, padding=2), nn.ReLU(), MaxPool2d(2),
-        Conv2d(6, 16, 5), nn.ReLU(), MaxPool2d(2),
-        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
     )
 
 
-def torch_lenet(seed: int = INIT_SEED):
-    torch = _torch()
-    nn = torch.nn
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    )
+class Trainer:
+    """One implementation: ``epoch(n)`` trains on the first n samples (reshuffled), returns seconds."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+        self.rng = np.random.default_rng(0)  # the epochs' shuffles
+        self.loss = float("nan")
+
+    def epoch(self, n: int) -> float:
+        raise NotImplementedError
 
 
-class BackpropLoop:
-    name = "backprop"
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = BATCH) -> None:
+class BackpropLoop(Trainer):
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__(x, y)
         import backprop as bp
 
-        self.bp, self.x, self.y, self.batch_size = bp, x, y, batch_size
-        self.model = backprop_lenet()
-        self.opt = bp.optim.SGD(self.model.parameters(), lr=LR)
-        self.loss = float("nan")
+        self.bp = bp
+        bp.manual_seed(INIT_SEED)
+        self.model = lenet(bp.nn)
+        self.step = self.make_step(
+            backprop_train_step(bp, self.model, bp.optim.SGD(self.model.parameters(), lr=LR))
+        )
+
+    def make_step(self, train_step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        return train_step
 
     def epoch(self, n: int) -> float:
-        seconds, self.loss = backprop_epoch(self.bp, self.model, self.opt, self.x[:n], self.y[:n], self.batch_size)
+        seconds, self.loss = backprop_epoch(self.bp, self.step, self.x[:n], self.y[:n], BATCH, self.rng)
         return seconds
 
 
-class TorchLoop:
-    name = "PyTorch"
+class BackpropJit(BackpropLoop):
+    def make_step(self, train_step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        return self.bp.jit(train_step)
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = BATCH) -> None:
-        torch = self.torch = _torch()
-        self.X, self.Y, self.batch_size = torch.from_numpy(x), torch.from_numpy(y), batch_size
-        self.model = torch_lenet()
+
+class BackpropFit(Trainer):
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__(x, y)
+        import backprop as bp
+
+        self.bp = bp
+        bp.manual_seed(INIT_SEED)
+        self.model = lenet(bp.nn)
+
+    def epoch(self, n: int) -> float:
+        t0 = time.perf_counter()
+        history = self.bp.fit(
+            self.model, self.x[:n], self.y[:n], lr=LR, batch_size=BATCH, epochs=1, verbose=0, metrics=()
+        )
+        seconds = time.perf_counter() - t0
+        self.loss = float(history.history["loss"][-1])
+        return seconds
+
+
+class TorchLoop(Trainer):
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__(x, y)
+        import torch
+
+        self.torch = torch
+        self.X, self.Y = torch.from_numpy(x), torch.from_numpy(y)
+        torch.manual_seed(INIT_SEED)
+        self.model = lenet(torch.nn)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR)
-        self.loss = float("nan")
 
     def epoch(self, n: int) -> float:
-        seconds, self.loss = torch_epoch(self.torch, self.model, self.opt, self.X[:n], self.Y[:n], self.batch_size)
+        seconds, self.loss = torch_epoch(self.torch, self.model, self.opt, self.X[:n], self.Y[:n], BATCH)
         return seconds
 
 
-IMPLS = {"backprop": BackpropLoop, "torch": TorchLoop}
+TRAINERS: dict[str, type[Trainer]] = {
+    "backprop-loop": BackpropLoop,
+    "backprop-jit": BackpropJit,
+    "backprop-fit": BackpropFit,
+    "torch": TorchLoop,
+}
+
+
+def library(impl: str, threads: int) -> str:
+    """Import and thread-limit the library ``impl`` measures (and only it); a line describing it."""
+    if impl == "torch":
+        return torch_threads(threads)
+    blas = numpy_threads(threads)
+    import backprop as bp
+
+    return f"backprop {bp.__version__} on {blas}"
 
 
 # ------------------------------------------------------------------------------------------ sanity check
-def consistency_check(x: np.ndarray, y: np.ndarray, steps: int = 3) -> float:
-    """Same initial weights, same batches, a few SGD steps: max |w_backprop - w_torch| (float32 rounding only)."""
-    import backprop as bp
+def task_sanity(args: argparse.Namespace) -> dict[str, Any]:
+    """3 SGD steps from the same initial weights: backprop writes them (and its result) to ``args.dir``, then
+    the torch worker reads them and returns max |w_torch - w_backprop|."""
+    library(args.worker, args.threads)
+    x, y = make_data(SANITY_STEPS * BATCH)
+    batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    init_path, final_path = os.path.join(args.dir, "init.npz"), os.path.join(args.dir, "final.npz")
+    if args.worker != "torch":
+        import backprop as bp
 
-    torch = _torch()
-    model, tmodel = backprop_lenet(), torch_lenet()
-    with torch.no_grad():
-        for name, p in tmodel.named_parameters():
-            p.copy_(torch.from_numpy(dict(model.named_parameters())[name].data))
-    opt, topt = bp.optim.SGD(model.parameters(), lr=LR), torch.optim.SGD(tmodel.parameters(), lr=LR)
-    for s in range(steps):
-        xb, yb = x[s * BATCH:(s + 1) * BATCH], y[s * BATCH:(s + 1) * BATCH]
+        bp.manual_seed(INIT_SEED)
+        model = lenet(bp.nn)
+        np.savez(init_path, **{k: p.data for k, p in model.named_parameters()})
+        step = backprop_train_step(bp, model, bp.optim.SGD(model.parameters(), lr=LR))
+        for xb, yb in batches:
+            step(xb, yb)
+        np.savez(final_path, **{k: p.data for k, p in model.named_parameters()})
+        return {}
+    import torch
+
+    model = lenet(torch.nn)
+    with np.load(init_path) as init, torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(torch.from_numpy(init[k]))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    for xb, yb in batches:
         opt.zero_grad()
-        bp.nn.functional.cross_entropy(model(bp.Tensor(xb)), yb).backward()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
         opt.step()
-        topt.zero_grad()
-        torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
-        topt.step()
-    theirs = dict(tmodel.named_parameters())
-    return max(float(np.abs(p.data - theirs[name].detach().numpy()).max()) for name, p in model.named_parameters())
+    with np.load(final_path) as ref:
+        return {
+            "diff": max(float(np.abs(p.detach().numpy() - ref[k]).max()) for k, p in model.named_parameters())
+        }
 
 
 # ------------------------------------------------------------------------------------ per-layer split
@@ -172,7 +254,7 @@ class OpTimer:
         self._saved: list[tuple[type, str, Any]] = []
 
     def install(self) -> None:
-        from backprop.engine.tensor import Function
+        from backprop import Function
 
         seen: set[type] = set()
         stack = list(Function.__subclasses__())
@@ -196,7 +278,8 @@ class OpTimer:
         seconds, calls, perf = self.seconds, self.calls, time.perf_counter
 
         if meth == "forward":
-            def forward(ctx, *args, **kwargs):
+
+            def forward(ctx: Any, *args: Any, **kwargs: Any) -> Any:
                 t0 = perf()
                 out = fn(ctx, *args, **kwargs)
                 key = _layer_key(ctx, args)
@@ -207,7 +290,7 @@ class OpTimer:
 
             return forward
 
-        def backward(ctx, grad):
+        def backward(ctx: Any, grad: Any) -> Any:
             key = getattr(ctx, "_bench_key", type(ctx).__name__)  # read before: backward may clear ctx
             t0 = perf()
             out = fn(ctx, grad)
@@ -228,14 +311,70 @@ def _layer_key(ctx: Any, args: Sequence[Any]) -> str:
     return name
 
 
-def run_split(impl: BackpropLoop, n: int) -> tuple[float, dict, dict]:
+def task_split(args: argparse.Namespace) -> dict[str, Any]:
+    """A warm-up epoch, then one epoch with every op timed: seconds and per-(layer, direction) totals."""
+    library("backprop-loop", args.threads)
+    x, y = make_data(args.split_samples)
+    trainer = BackpropLoop(x, y)
+    trainer.epoch(warmup_samples(args.split_samples, BATCH))
     timer = OpTimer()
     timer.install()
     try:
-        seconds = impl.epoch(n)
+        seconds = trainer.epoch(args.split_samples)
     finally:
         timer.remove()
-    return seconds, dict(timer.seconds), dict(timer.calls)
+    return {
+        "seconds": seconds,
+        "ops": [[k, d, s, timer.calls[(k, d)]] for (k, d), s in timer.seconds.items()],
+    }
+
+
+def report_split(res: dict[str, Any], n: int, threads: int) -> None:
+    """The per-layer table of a split worker's result (ms per step, slowest first)."""
+    seconds, steps = res["seconds"], -(-n // BATCH)
+    fwd: dict[str, float] = collections.defaultdict(float)
+    bwd: dict[str, float] = collections.defaultdict(float)
+    calls: dict[str, int] = collections.defaultdict(int)
+    for key, direction, s, c in res["ops"]:
+        (fwd if direction == "forward" else bwd)[key] += s
+        calls[key] += c if direction == "forward" else 0
+    layers = sorted(set(fwd) | set(bwd), key=lambda k: -(fwd[k] + bwd[k]))
+
+    def ms(v: float) -> str:
+        return f"{v / steps * 1e3:.3f}"
+
+    rows = [
+        [
+            k,
+            f"{calls[k] / steps:.0f}",
+            ms(fwd[k]),
+            ms(bwd[k]),
+            ms(fwd[k] + bwd[k]),
+            f"{(fwd[k] + bwd[k]) / seconds * 100:.1f}%",
+        ]
+        for k in layers
+    ]
+    rest = seconds - sum(fwd.values()) - sum(bwd.values())
+    rows.append(
+        ["(rest: graph, optimizer, data, Python)", "", "", "", ms(rest), f"{rest / seconds * 100:.1f}%"]
+    )
+    rows.append(["total", "", "", "", ms(seconds), "100.0%"])
+    print_table(
+        f"ms per step (batch {BATCH}), slowest first; backprop-loop at {threads} thread(s), {n} samples, "
+        f"{n / seconds:,.0f} samples/s with the timers on",
+        ["op (layer)", "calls/step", "forward", "backward", "total", "share"],
+        rows,
+    )
+    by_type: dict[str, float] = collections.defaultdict(float)
+    for k in layers:
+        by_type[k.split()[0]] += fwd[k] + bwd[k]
+    print(
+        "by op type: "
+        + ", ".join(
+            f"{k} {v / steps * 1e3:.2f} ms ({v / seconds * 100:.0f}%)"
+            for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])
+        )
+    )
 
 
 # -------------------------------------------------------------------------------------------- memory
@@ -267,162 +406,304 @@ def _maxrss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def memory_child(name: str, samples: int, threads: int) -> None:
-    """Run in a fresh subprocess: one epoch of ``name``; print JSON with the peak RSS growth.
+def task_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """In a fresh process: one epoch of ``args.worker``, no warm-up; the peak RSS growth over the setup's RSS.
 
-    NOTE: on Linux ru_maxrss survives fork+exec, so a child started by this (400 MB) process reports at
-    least the parent's peak: useless here. The child therefore resets its own peak (VmHWM, through
-    /proc/self/clear_refs) after setup and reads it after the epoch; ru_maxrss is the fallback elsewhere.
+    NOTE: on Linux ru_maxrss survives fork+exec, so a child reports at least its parent's peak: useless here.
+    The child therefore resets its own peak (VmHWM, through /proc/self/clear_refs) after setup and reads it
+    after the epoch; ru_maxrss is the fallback elsewhere.
     """
-    from threadpoolctl import threadpool_limits
-
-    torch = _torch() if name == "torch" else None
-    if torch is not None:
-        torch.set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        x, y = make_data(samples)
-        impl = IMPLS[name](x, y)
-        if _reset_peak() and _proc_status_mb("VmHWM") is not None:
-            method, base = "VmHWM", _proc_status_mb("VmRSS")
-            seconds = impl.epoch(samples)
-            peak = _proc_status_mb("VmHWM")
-        else:
-            method, base = "ru_maxrss", _maxrss_mb()
-            seconds = impl.epoch(samples)
-            peak = _maxrss_mb()
-    print(json.dumps({"name": name, "base_mb": base, "peak_mb": peak, "delta_mb": peak - base, "method": method,
-                      "seconds": seconds, "samples": samples}))
-
-
-def measure_memory(name: str, samples: int, threads: int) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--samples", str(samples),
-           "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory measurement of {name} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    library(args.worker, args.threads)
+    x, y = make_data(args.samples)
+    trainer = TRAINERS[args.worker](x, y)
+    if _reset_peak() and _proc_status_mb("VmHWM") is not None:
+        method, base = "VmHWM", _proc_status_mb("VmRSS")
+        seconds = trainer.epoch(args.samples)
+        peak = _proc_status_mb("VmHWM")
+    else:
+        method, base = "ru_maxrss", _maxrss_mb()
+        seconds = trainer.epoch(args.samples)
+        peak = _maxrss_mb()
+    return {
+        "base_mb": base,
+        "peak_mb": peak,
+        "delta_mb": peak - base,
+        "method": method,
+        "rate": args.samples / seconds,
+    }
 
 
-# ---------------------------------------------------------------------------------------------- output
+# ------------------------------------------------------------------------------------- the worker tasks
+def task_epochs(args: argparse.Namespace) -> dict[str, Any]:
+    """A warm-up, then one timed epoch of ``args.samples`` samples: samples/s, CPU use and the last loss."""
+    lib = library(args.worker, args.threads)
+    x, y = make_data(args.samples)
+    trainer = TRAINERS[args.worker](x, y)
+    trainer.epoch(warmup_samples(args.samples, BATCH))
+    cpu0 = cpu_seconds()
+    seconds = trainer.epoch(args.samples)
+    return {
+        "lib": lib,
+        "rate": args.samples / seconds,
+        "cpu_per_wall": (cpu_seconds() - cpu0) / seconds,
+        "loss": trainer.loss,
+    }
+
+
+def task_probe() -> dict[str, Any]:
+    """What this machine can measure: bp.jit, and PyTorch (found, not imported)."""
+    import backprop as bp
+
+    return {"jit": hasattr(bp, "jit"), "torch": importlib.util.find_spec("torch") is not None}
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """In a worker process: run ``args.task`` and print its JSON line."""
+    tasks: dict[str, Callable[[], dict[str, Any]]] = {
+        "probe": task_probe,
+        "epochs": lambda: task_epochs(args),
+        "sanity": lambda: task_sanity(args),
+        "split": lambda: task_split(args),
+        "memory": lambda: task_memory(args),
+    }
+    emit({"impl": args.worker, "threads": args.threads, **tasks[args.task]()})
+
+
+# ------------------------------------------------------------------------------------ the orchestrator
+def available(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The implementations to measure, and why each other one is left out."""
+    probe = launch(SCRIPT, ["--worker", "backprop-loop", "--task", "probe"], 1, args.pin_core)
+    if "error" in probe:
+        raise RuntimeError(f"backprop cannot be imported: {probe['error']}")
+    reasons = {
+        "backprop-jit": None if probe["jit"] else "n/a (bp.jit not available)",
+        "torch": None if probe["torch"] else "skipped (torch not importable)",
+    }
+    names = [k for k in IMPLS if reasons.get(k) is None]
+    return names, {k: why for k in IMPLS if (why := reasons.get(k))}
+
+
+def run_sanity(args: argparse.Namespace) -> str:
+    """The sanity line: PyTorch's weights after 3 steps from backprop's initial ones, against backprop's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for impl in ("backprop-loop", "torch"):
+            res = launch(SCRIPT, ["--worker", impl, "--task", "sanity", "--dir", tmp], 1, args.pin_core)
+            if "error" in res:
+                return f"sanity: {impl} failed: {res['error']}"
+    return (
+        f"sanity: same initial weights, {SANITY_STEPS} SGD steps at batch {BATCH}, each library in its own "
+        f"process, max |w_torch - w_backprop| = {res['diff']:.1e}"
+    )
+
+
+def report_speed(
+    args: argparse.Namespace, names: Sequence[str], missing: dict[str, str], results: dict[Key, list[dict]]
+) -> dict[Key, Spread]:
+    """The throughput table; returns the spreads of samples/s by (impl, threads)."""
+    stats = spreads(results, lambda r: r["rate"])
+    cpu = spreads(results, lambda r: r["cpu_per_wall"])
+    rows = [
+        [
+            impl,
+            f"{t}",
+            stats[(impl, t)].fmt(digits=0),
+            f"{BATCH / stats[(impl, t)].median * 1e3:.2f}",
+            f"{cpu[(impl, t)].median:.2f}",
+        ]
+        for impl in names
+        for t in args.threads
+        if (impl, t) in stats
+    ]
+    rows += [[impl, "", why, "", ""] for impl, why in missing.items()]
+    print_table(
+        "", ["implementation", "threads", "samples/s (median ±half-range)", "ms/step", "cpu/wall"], rows
+    )
+    print("cpu/wall: CPU seconds per second of the timed epoch, all threads: the cores really used")
+    return stats
+
+
+def report_ratios(names: Sequence[str], missing: dict[str, str], stats: dict[Key, Spread]) -> None:
+    """Each implementation at its best thread count, its ratio to PyTorch's best, and the targets."""
+    torch_best = best_threads(stats, "torch")
+    print("\neach at its best thread count, and the ratio to PyTorch at its best:")
+    for impl in names:
+        k = best_threads(stats, impl)
+        if k is None:
+            continue
+        ratio = (
+            f"  {stats[k].median / stats[torch_best].median:.2f}x PyTorch"
+            if torch_best and impl != "torch"
+            else ""
+        )
+        print(f"  {impl:<14} {stats[k].median:>9,.0f} samples/s at {k[1]} thread(s){ratio}")
+    for impl in BACKPROP:
+        k = best_threads(stats, impl)
+        if k is None or torch_best is None:
+            print(f"  SKIP  {impl} >= {SPEED_TARGET:.1f}x PyTorch: {missing.get(impl, 'not measured')}")
+            continue
+        ratio = stats[k].median / stats[torch_best].median
+        print(
+            f"  {verdict(ratio >= SPEED_TARGET)}  {impl} >= {SPEED_TARGET:.1f}x PyTorch (each at its best "
+            f"thread count, medians): {ratio:.2f}x"
+        )
+
+
+def report_memory(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Peak epoch memory, each implementation in a fresh process, and its ratio to PyTorch's."""
+    threads = max(args.threads)
+    print(
+        f"\n3. peak memory of one training epoch ({args.samples} samples, {threads} thread(s)), each "
+        "implementation in a fresh process: growth of the peak RSS over the RSS after imports, data and "
+        "model creation",
+        flush=True,
+    )
+    argv = ["--task", "memory", "--samples", str(args.samples)]
+    mem = {impl: launch(SCRIPT, ["--worker", impl, *argv], threads, args.pin_core) for impl in names}
+    rows = [
+        [
+            k,
+            f"{m['base_mb']:.1f}",
+            f"{m['peak_mb']:.1f}",
+            f"{m['delta_mb']:.1f}",
+            m["method"],
+            f"{m['rate']:,.0f}",
+        ]
+        for k, m in mem.items()
+        if "error" not in m
+    ]
+    print_table(
+        "",
+        [
+            "implementation",
+            "RSS after setup MB",
+            "peak MB",
+            "epoch peak growth MB",
+            "peak from",
+            "samples/s (this run)",
+        ],
+        rows,
+    )
+    for k, m in mem.items():
+        if "error" in m:
+            print(f"  ERROR {k}: {m['error']}")
+    t = mem.get("torch", {}).get("delta_mb")
+    for impl in [k for k in BACKPROP if k in mem and "error" not in mem[k]]:
+        b = mem[impl]["delta_mb"]
+        if t is None:
+            print(f"  SKIP  {impl} peak epoch memory <= {MEMORY_TARGET}x PyTorch: PyTorch not measured")
+            continue
+        print(
+            f"  {verdict(b <= MEMORY_TARGET * max(t, 1e-9))}  {impl} peak epoch memory <= {MEMORY_TARGET}x "
+            f"PyTorch: {b:.1f} MB vs {t:.1f} MB ({b / max(t, 1e-9):.2f}x)"
+        )
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    """The parent: launch every worker, print the tables and the verdicts."""
+    t_start, load0 = time.perf_counter(), loadavg()
+    print("CNN (LeNet-5) training benchmark: backprop vs PyTorch (CPU), one library per process")
+    for line in env_lines():
+        print(line)
+    names, missing = available(args)
+    for impl, why in missing.items():
+        print(f"  {impl}: {why}")
+    if "torch" in names:
+        print(run_sanity(args), flush=True)
+
+    print(
+        f"\n1. training throughput: batch {BATCH}, SGD lr {LR}, float32, {args.samples} samples per epoch; "
+        f"per process a warm-up then one timed epoch; median ±half-range of {args.rounds} rounds (processes "
+        "in rotated order)",
+        flush=True,
+    )
+    jobs = [
+        Job(impl, t, ("--worker", impl, "--task", "epochs", "--samples", str(args.samples)))
+        for impl in names
+        for t in args.threads
+    ]
+    results = run_rounds(SCRIPT, jobs, args.rounds, args.pin_core, "throughput")
+    print("libraries (as the workers reported them):")
+    for line in library_lines(results):
+        print(line)
+    for line in errors(results):
+        print(f"  ERROR {line}")
+    stats = report_speed(args, names, missing, results)
+    report_ratios(names, missing, stats)
+
+    split_threads = (best_threads(stats, "backprop-loop") or ("", max(args.threads)))[1]
+    print(
+        f"\n2. where backprop's time goes: one epoch of {args.split_samples} samples with every op's forward "
+        f"and backward timed, in a backprop-loop process at {split_threads} thread(s)",
+        flush=True,
+    )
+    res = launch(
+        SCRIPT,
+        ["--worker", "backprop-loop", "--task", "split", "--split-samples", str(args.split_samples)],
+        split_threads,
+        args.pin_core,
+    )
+    if "error" in res:
+        print(f"  ERROR {res['error']}")
+    else:
+        report_split(res, args.split_samples, split_threads)
+
+    if not args.no_memory:
+        report_memory(args, names)
+    print(
+        f"\ntotal benchmark time {time.perf_counter() - t_start:.0f}s, load average at the end {loadavg()} "
+        f"(at the start {load0}); on a shared machine the spread says how far to trust a ratio near a target"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"Fair comparison: {FAIR_COMMAND}")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="threads for NumPy's BLAS and for PyTorch (default: all cores, %(default)s)")
-    p.add_argument("--samples", type=int, default=None,
-                   help=f"samples per epoch (default {N_TRAIN}, 12800 with --quick); rates are per sample")
-    p.add_argument("--repeats", type=int, default=None, help="timed epochs per library, best kept (default 3, 2 with --quick)")
-    p.add_argument("--split-samples", type=int, default=None,
-                   help="samples of the epoch timed op by op (default: min(--samples, 12800))")
-    p.add_argument("--quick", action="store_true", help="12800 samples, 2 repeats (~30 s)")
-    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement (two subprocesses)")
-    p.add_argument("--memory-child", choices=tuple(IMPLS), help=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--threads", default="1,2", help="thread counts, each in its own processes (default: %(default)s)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="rounds of processes (default 3, 2 with --quick)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="samples per epoch (default 30000, 6400 with --quick); rates are per sample",
+    )
+    p.add_argument(
+        "--split-samples",
+        type=int,
+        default=None,
+        help="samples of the epoch timed op by op (default: min(--samples, 12800))",
+    )
+    p.add_argument("--pin-core", type=int, default=0, help="the core of the 1-thread processes (default 0)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--quick", action="store_true", help="6400 samples, 2 rounds (~1 minute)")
+    p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--task", choices=("probe", "epochs", "sanity", "split", "memory"), help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.samples = args.samples or (12800 if args.quick else N_TRAIN)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.samples = args.samples or (6400 if args.quick else 30000)
+    args.rounds = args.rounds or (2 if args.quick else 3)
     args.split_samples = args.split_samples or min(args.samples, 12800)
-    if min(args.samples, args.repeats, args.threads, args.split_samples) < 1:
-        p.error("--samples, --repeats, --split-samples and --threads must be positive")
-    if args.samples < BATCH:
-        p.error(f"--samples must be at least the batch size {BATCH}")
+    try:
+        args.threads = parse_threads(args.threads)
+    except ValueError as e:
+        p.error(str(e))
+    if args.worker:
+        args.threads = args.threads[0]
+    if min(args.samples, args.split_samples) < BATCH or args.rounds < 1:
+        p.error(f"--samples and --split-samples must be at least the batch size {BATCH}, --rounds positive")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args.memory_child, args.samples, args.threads)
+    if args.worker:
+        run_worker(args)
         return 0
-    with thread_limits(args.threads) as torch:
-        return _main(args, torch)
-
-
-def _main(args: argparse.Namespace, torch: Any) -> int:
-    t_start, load0 = time.perf_counter(), _loadavg()
-    print("CNN (LeNet-5-like) training benchmark: backprop vs PyTorch (CPU)")
-    for line in environment_lines(args.threads, FAIR_COMMAND):
-        print(line)
-    x, y = make_data(max(args.samples, args.split_samples))
-    names = ["backprop", "torch"] if torch is not None else ["backprop"]
-    if torch is not None:
-        print(f"sanity: same init, 3 SGD steps at batch {BATCH}, max |w_backprop - w_torch| = "
-              f"{consistency_check(x, y):.2e}")
-
-    n = args.samples
-    print(f"\n1. training throughput: batch {BATCH}, SGD lr {LR}, float32, {n} samples per epoch, best of "
-          f"{args.repeats} epochs (libraries interleaved, order alternating), after a warm-up", flush=True)
-    impls = {name: IMPLS[name](x, y) for name in names}
-    for impl in impls.values():
-        impl.epoch(min(n, 20 * BATCH))  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            rates[name].append(n / impls[name].epoch(n))
-        print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
-              file=sys.stderr, flush=True)
-    best = {k: max(v) for k, v in rates.items()}
-    median = {k: statistics.median(v) for k, v in rates.items()}
-    rows = [[impls[k].name, f"{best[k]:,.0f}", f"{median[k]:,.0f}", f"{BATCH / best[k] * 1e3:.2f}",
-             f"{impls[k].loss:.3f}"] for k in names]
-    print_table("", ["library", "samples/s (best)", "samples/s (median)", "ms/step (best)", "last loss"], rows)
-    noisy = [k for k in names if median[k] < 0.85 * best[k]]
-    if noisy:
-        print(f"NOTE noisy: median more than 15% below best for {', '.join(noisy)}; on a shared machine "
-              "rerun with more --repeats before trusting a close verdict")
-    speed_ok = None
-    if torch is not None:
-        ratio = best["backprop"] / best["torch"]
-        speed_ok = ratio >= SPEED_TARGET
-        print(f"ratio backprop / PyTorch = {ratio:.2f}x (median {median['backprop'] / median['torch']:.2f}x)")
-        print(f"  {verdict(speed_ok)}  backprop >= {SPEED_TARGET}x PyTorch: {ratio:.2f}x")
-
-    ns = args.split_samples
-    print(f"\n2. where backprop's time goes: one epoch of {ns} samples with every op's forward and backward timed",
-          flush=True)
-    seconds, op_seconds, op_calls = run_split(impls["backprop"], ns)
-    steps = -(-ns // BATCH)
-    layers = sorted({k for k, _ in op_seconds}, key=lambda k: -(op_seconds.get((k, "forward"), 0)
-                                                                   + op_seconds.get((k, "backward"), 0)))
-    total_ops = sum(op_seconds.values())
-    rows = []
-    for k in layers:
-        f, b = op_seconds.get((k, "forward"), 0.0), op_seconds.get((k, "backward"), 0.0)
-        rows.append([k, f"{op_calls.get((k, 'forward'), 0) / steps:.0f}", f"{f / steps * 1e3:.3f}",
-                     f"{b / steps * 1e3:.3f}", f"{(f + b) / steps * 1e3:.3f}", f"{(f + b) / seconds * 100:.1f}%"])
-    rest = seconds - total_ops
-    rows.append(["(rest: graph, optimizer, data, Python)", "", "", "", f"{rest / steps * 1e3:.3f}",
-                 f"{rest / seconds * 100:.1f}%"])
-    rows.append(["total", "", "", "", f"{seconds / steps * 1e3:.3f}", "100.0%"])
-    print_table(f"ms per step (batch {BATCH}), slowest first; this epoch ran at {ns / seconds:,.0f} samples/s "
-                "with the timers on", ["op (layer)", "calls/step", "forward", "backward", "total", "share"], rows)
-    by_type: dict[str, float] = collections.defaultdict(float)
-    for (k, _), v in op_seconds.items():
-        by_type[k.split()[0]] += v
-    print("by op type: " + ", ".join(f"{k} {v / steps * 1e3:.2f} ms ({v / seconds * 100:.0f}%)"
-                                      for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
-    if layers:
-        print(f"slowest layer: {layers[0]}")
-
-    memory_ok = None
-    if not args.no_memory:
-        print(f"\n3. peak memory of one training epoch ({n} samples), each library in a fresh subprocess: growth of "
-              "the peak RSS over the RSS after imports, data and model creation", flush=True)
-        mem = {name: measure_memory(name, n, args.threads) for name in names}
-        rows = [[impls[k].name, f"{mem[k]['base_mb']:.1f}", f"{mem[k]['peak_mb']:.1f}", f"{mem[k]['delta_mb']:.1f}",
-                 mem[k]["method"], f"{mem[k]['samples'] / mem[k]['seconds']:,.0f}"] for k in names]
-        print_table("", ["library", "RSS after setup MB", "peak MB", "epoch peak growth MB", "peak from",
-                         "samples/s (this run)"], rows)
-        if torch is not None:
-            b, t = mem["backprop"]["delta_mb"], mem["torch"]["delta_mb"]
-            memory_ok = b <= MEMORY_TARGET * max(t, 1e-9)
-            print(f"  {verdict(memory_ok)}  backprop peak epoch memory <= {MEMORY_TARGET}x PyTorch: "
-                  f"{b:.1f} MB vs {t:.1f} MB ({b / max(t, 1e-9):.2f}x)")
-
-    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f}s, load average at the end {_loadavg()} "
-          f"(at the start {load0}); timings on a shared machine are noisy: the best epoch is reported")
-    return 0
+    return orchestrate(args)
 
 
 if __name__ == "__main__":
