@@ -334,6 +334,19 @@ def test_keyword_arguments():
     assert float(step(x).data) == 3.0 and step.captures == 2
 
 
+def test_small_steps_run_on_one_blas_thread_and_restore_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model = _mlp()
+    step = bp.jit(_step_fn(model, bp.optim.SGD(model.parameters(), lr=0.1)), fallback="error")
+    with threadpoolctl.threadpool_limits(2):
+        for n in (8, 8, 100, 100):  # capture (eager, 2 threads) then replay; a large batch keeps 2 threads
+            x, y = _data(n)
+            step(x, y)
+        assert threadpoolctl.threadpool_info()[0]["num_threads"] == 2
+    small, large = (step.plans[k][0].plan for k in step.plans)
+    assert "_set_threads(1)" in small.source(0) and "_set_threads" not in large.source(0)
+
+
 def test_jit_validates_its_arguments():
     with pytest.raises(ValueError, match="fallback"):
         bp.jit(lambda: None, fallback="maybe")

@@ -83,6 +83,21 @@ def _openblas() -> _OpenBLASThreads:
     return _threads
 
 
+def _set_threads(n: int) -> int:
+    """Set NumPy's OpenBLAS to ``n`` threads; return how many it had."""
+    t = _openblas()
+    old = t.get()
+    if old != n:
+        t.set(n)
+    return old
+
+
+def set_blas_threads() -> Callable[[int], int] | None:
+    """``set(n) -> previous``, NumPy's OpenBLAS thread count as one ctypes call each way; None where that
+    OpenBLAS cannot be found (then the BLAS keeps its own policy)."""
+    return _set_threads if _openblas().set is not None else None
+
+
 def linear_forward(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w.T`` (C order)."""
     b = x.shape[0]

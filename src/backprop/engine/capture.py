@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from backprop.engine import function as _function
+from backprop.engine.blas import set_blas_threads
 from backprop.engine.function import Function
 from backprop.engine.tensor import Tensor, _accumulate_leaf, _release, _toposort
 
@@ -174,7 +175,7 @@ class Capture:
             self.ctxs.append(ctx)
             self.ctx_slot[id(ctx)] = c
         self.code.append(("op", type(ctx), srcs, static, tuple(dynamic), s, c,
-                          getattr(ctx, "needs_grad", None)))
+                          getattr(ctx, "needs_grad", None), tuple(p.data.shape for p in parents)))
 
     def _argument(self, v: Any, what: str) -> tuple | None:
         """How a keyword argument is rebuilt from the slots at replay: ``("slot", s)``, or ``("seq", type,
@@ -349,6 +350,7 @@ class Plan:
         self.leaves = leaves
         self.values: dict[str, Any] = {}
         self._hooks: dict[int, tuple[dict[int, Callable], Callable[[], None]]] = {}
+        self._one_thread = False
         self._sources: list[str] = []
         self._functions: list[Callable] = []
         self._generate()
@@ -361,8 +363,15 @@ class Plan:
         return found[0] if len(found) == 1 else None
 
     def op_instruction(self, ctx_slot: int) -> tuple:
-        """The ``("op", cls, input slots, static kwargs, dynamic kwargs, out slot, ctx slot, needs)`` of an op."""
+        """The ``("op", cls, input slots, static kwargs, dynamic kwargs, out slot, ctx slot, needs, input shapes)``
+        of an op."""
         return next(i for code, _ in self.segments for i in code if i[0] == "op" and i[6] == ctx_slot)
+
+    def single_threaded(self) -> None:
+        """Run every segment with NumPy's BLAS on one thread (restored after): for a step made of small
+        products, which two threads compute slower than one (they mostly wait for each other)."""
+        self._one_thread = True
+        self._generate()
 
     def specialise_backward(self, segment: int, hooks: dict[int, Callable], finish: Callable[[], None]) -> None:
         """From now on run the segment's backward with ``hooks`` (node index -> ``hook(saved, g)``, in place
@@ -455,7 +464,8 @@ class _Segment_code:
         return f"{self._name(spec[1], 'seq')}(({items}{',' if len(spec[2]) == 1 else ''}))"
 
     def _op(self, n: int, cls: type[Function], srcs: tuple[int, ...], static: dict[str, Any],
-            dynamic: tuple[tuple[str, Any], ...], s: int, cs: int | None, needs: tuple[bool, ...] | None) -> None:
+            dynamic: tuple[tuple[str, Any], ...], s: int, cs: int | None, needs: tuple[bool, ...] | None,
+            shapes: tuple[tuple[int, ...], ...]) -> None:
         args = [self._use(f"v{j}") for j in srcs]
         args += [f"{k}={self._name(v, 'k')}" for k, v in static.items()]
         args += [f"{k}={self._expr(spec)}" for k, spec in dynamic]
@@ -526,12 +536,16 @@ class _Segment_code:
 
     def finish(self, keep: list[str], done: list[str]) -> tuple[str, Callable]:
         """The function's source and the function: load what earlier segments kept, run, keep, return."""
-        head = [f"    {name} = V[{name!r}]" for name in sorted(self.reads_outside)]
-        tail = [f"    V[{name!r}] = {name}" for name in keep]
-        tail += [f"    V.pop({name!r}, None)" for name in done if name not in keep]
+        head = [f"{name} = V[{name!r}]" for name in sorted(self.reads_outside)]
+        tail = [f"V[{name!r}] = {name}" for name in keep]
+        tail += [f"V.pop({name!r}, None)" for name in done if name not in keep]
         outs = ", ".join(f"v{s}" for s in self.outs)
-        src = "\n".join([f"def segment_{self.k}(V, inputs):", *head, *("    " + x for x in self.lines), *tail,
-                         f"    return [{outs}]"])
+        body = [*head, *self.lines, *tail, f"return [{outs}]"]
+        setter = set_blas_threads() if self.plan._one_thread else None
+        if setter is not None:
+            self.ns["_set_threads"] = setter
+            body = ["_n = _set_threads(1)", "try:", *("    " + b for b in body), "finally:", "    _set_threads(_n)"]
+        src = "\n".join([f"def segment_{self.k}(V, inputs):", *("    " + b for b in body)])
         exec(compile(src, f"<captured segment {self.k}>", "exec"), self.ns)  # noqa: S102 - our own generated code
         return src, self.ns[f"segment_{self.k}"]
 

@@ -53,10 +53,11 @@ from typing import Any, Self
 
 import numpy as np
 
-from backprop.engine.blas import gemm_update, weight_grad
+from backprop.engine.blas import SMALL_BATCH, gemm_update, weight_grad
 from backprop.engine.capture import Capture, CaptureError, Plan, accumulate_grad
 from backprop.engine.function import is_grad_enabled
 from backprop.engine.tensor import Tensor
+from backprop.nn.conv import Conv1dFn, Conv2dFn
 from backprop.nn.functional import Linear
 from backprop.nn.module import LazyGrad, Module, Parameter
 from backprop.optim.optimizer import Optimizer
@@ -177,6 +178,7 @@ class Jitted:
             return result[0]
         self.captures += 1
         plan = cap.plan()
+        _thread_policy(plan)
         opt = _plain_sgd_step(plan)
         if opt is not None:
             fuse_sgd(plan, 0, opt)
@@ -332,6 +334,7 @@ class CapturedStep:
                 return None
             self.captures += 1
             plan = cap.plan()
+            _thread_policy(plan)
             entry = _Captured(plan, self.modules, None)
             if self.fuse:
                 entry.update = fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
@@ -367,6 +370,19 @@ def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
     """``step`` wrapped in :class:`CapturedStep` when ``enabled`` and its class allows it, else ``step``.
     ``fuse=False`` keeps every gradient (data parallelism sums them over the ranks before the update)."""
     return CapturedStep(step, fuse) if enabled and CapturedStep.supports(step) else step
+
+
+# ------------------------------------------------------------------------------ threads per step
+def _thread_policy(plan: Plan) -> None:
+    """A step whose products are all small (Linear layers on fewer than ``SMALL_BATCH`` rows, no
+    convolution) runs its BLAS on one thread: measured here, two threads are slower on such products
+    (they mostly wait for each other), for NumPy, JAX and backprop alike. Larger steps keep the BLAS's
+    own choice (all the threads it is allowed)."""
+    ops = [i for code, _ in plan.segments for i in code if i[0] == "op"]
+    linear = [i for i in ops if i[1] is Linear]
+    if linear and not any(i[1] in (Conv1dFn, Conv2dFn) for i in ops) and all(
+            math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear):
+        plan.single_threaded()
 
 
 # ------------------------------------------------------------------------- plain SGD, folded in
