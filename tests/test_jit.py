@@ -326,6 +326,16 @@ def test_closures_baked_and_arguments_followed():
     assert step.captures == 2
 
 
+def test_the_captured_step_reads_as_python():
+    model = _mlp()
+    step = bp.jit(_step_fn(model, bp.optim.SGD(model.parameters(), lr=0.1)))
+    with pytest.raises(RuntimeError, match="call the function once"):
+        step.source()
+    step(*_data(8))
+    src = step.source()
+    assert src.startswith("def segment_0(V, inputs):") and "inputs[0]" in src and "finish" in src
+
+
 def test_keyword_arguments():
     w = bp.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     step = bp.jit(lambda x, scale=1.0: (bp.Tensor(x) * w * scale).sum(), fallback="error")

@@ -142,6 +142,13 @@ class Jitted:
         self.captures = 0
         functools.update_wrapper(self, fn)
 
+    def source(self) -> str:
+        """The Python generated for the most recent capture: what each call now runs, line by line."""
+        plans = [e for entries in self.plans.values() if entries is not _EAGER for e in entries]
+        if not plans:
+            raise RuntimeError("nothing captured yet: call the function once first")
+        return plans[-1].plan.source(0)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:  # NOTE: keyword arguments become positional ones after the others, in a fixed order
             names = tuple(sorted(kwargs))
