@@ -1,34 +1,57 @@
 """Convolutions in PyTorch's layout (NCHW, weights (out, in/groups, kh, kw)): im2col and batched matmuls.
 
-Forward. The receptive fields of all output pixels are a strided *view* ``(N, C, kh, kw, OH, OW)`` of the
-(zero-padded) input; one copy lays them out as the columns ``cols`` ``(N, groups, C/groups*kh*kw, OH*OW)``
-(im2col). The convolution is then one ``np.matmul`` of the weights ``(groups, O/groups, C/groups*kh*kw)``
-with ``cols``, broadcast over the batch (one BLAS product per image), whose result is already laid out as
-``(N, O, OH, OW)``. No loop over samples or pixels anywhere.
+Stride 1 (LeNet-5's layers, most layers): *flat* columns, made and used a chunk of images at a time.
+Each channel of the (zero-padded) input is one C-ordered plane of Hp x Wp elements. Give output pixel
+(y, x) the flat index p = y*Wp + x: its window element (i, j) is then plane element p + i*dh*Wp + j*dw,
+so for each (channel, i, j) an image's columns are *one contiguous run* of L' = (OH-1)*Wp + OW plane
+elements (:func:`_flat_view`), copied at memcpy speed. The positions with x >= OW wrap around a row into
+the next one: junk, computed and thrown away (L' / (OH*OW) = 1.14 and 1.36 on LeNet-5's layers).
 
-Backward:
+* forward (:func:`_flat_forward`): per chunk of images, copy the columns, one ``np.matmul`` (one BLAS
+  product per image), copy the real positions out into (N, O, OH, OW). The bias rides in the product: a
+  row of ones in the columns, the bias as one more weight column;
+* dW, db (:func:`_flat_weight_grad`): the columns are made again, chunk by chunk, and multiplied by g laid
+  on the same flat grid (zero at the junk positions): per-image products, summed; the row of ones gives db;
+* dx (:func:`_input_grad_toeplitz`), ungrouped: each output-gradient row (all channels) times a banded
+  (Toeplitz) matrix holding W along the width gives its whole contribution to kh input rows; then kh
+  row-shifted adds. The input columns are cut into blocks so that most of the band's zeros drop out.
+  Grouped, or a band too wide for its kw nonzeros: the shifted slabs of :func:`_input_grad_slabs` (W^T g
+  on the padded grid in one product, then one long contiguous ``+=`` per channel and kernel offset).
 
-* ``dW = sum_n (cols_n @ g_n^T)^T``: per-image products summed (``g_n`` is image n's output gradient);
-* ``dx``, stride 1: the output gradient is laid on the padded input grid and ``W^T g`` computed there in
-  one product; each (input channel, kernel offset) row of it is then one long contiguous ``+=`` into the
-  input gradient, over the whole batch (:func:`_input_grad_slabs`). Strided: per-image ``W^T g_n`` and a
-  scatter-add of the columns (col2im), one strided ``+=`` per kernel offset (:func:`_col2im`);
-* ``db``: the sum of g over batch and pixels.
+Other strides: the classic im2col, a strided *view* (N, C, kh, kw, OH, OW) of the padded input copied
+once into ``cols`` (N, G, C/G*kh*kw, OH*OW) and kept for dW (``sum_n cols_n @ g_n^T``); dx by per-image
+``W^T g_n`` and a scatter-add of the columns (col2im), one strided ``+=`` per kernel offset
+(:func:`_col2im`). A 1x1 convolution reads its input as its columns. No loop over samples or pixels.
 
-The choices, measured on the project's 2-core machine with LeNet-5's layers at batch 128, float32
-(``benchmarks/cnn_train.py``):
+The choices, measured on the project's 2-core machine (shared, so medians of alternating runs) with
+LeNet-5's layers at batch 128, float32, one thread; "in training" is ms a step with the per-layer timer:
 
-* per-image products beat one big ``(O, K) @ (K, N*OH*OW)`` product 2-8x for these skinny shapes
-  (K = 25 or 150, O = 6 or 16), and the columns copy fastest in this order (inner loop along a row);
-* ``cols`` is saved for the weight gradient (the input gradient needs only W): 16,200 samples/s and a peak
-  epoch memory growth of 44 MB, against 13,600 samples/s and 36 MB when recomputing it from the input in
-  backward (PyTorch: 42 MB). It is freed with the graph after backward;
-* the slab form of dx took 1.2 ms instead of 2.3 ms for per-image products + col2im, whose inner loops
-  are only OW (10) elements long;
-* page faults: see :func:`backprop.engine.memory.tune_malloc` (done once, when training starts);
-* threads: splitting the batch over two threads reached 18,700 samples/s with NumPy's BLAS limited to one
-  thread, but was slower than one thread (13,300 vs 14,500) with two BLAS threads, whose idle workers spin
-  for a while after every call and take the second core. Not used: only BLAS's own threads run.
+* flat columns: LeNet's second layer's columns copy in 0.29 ms instead of 1.0 ms (the classic copy moves
+  runs of OW = 10 elements); the forward takes 1.6 ms instead of 2.1 ms (first layer 1.4 vs 1.5), in
+  training 1.6 instead of 2.3 and 1.6 instead of 2.5;
+* NOTE chunks of ~1 MiB of columns (:data:`_COLS_CHUNK_BYTES`), a few images: they are still in the L2
+  cache (2 MiB a core) when the product reads them. Whole-batch columns (10-12 MB) read back from memory
+  made the forward ~0.3 ms slower per layer; 256 KiB chunks, more calls, were slower again;
+* NOTE recomputing the columns in backward instead of keeping them: keeping them (22 MB a step) was faster
+  in isolation but slower in training (18.9 vs 16.2 ms a step: every step's columns go out to memory and
+  come back), and the epoch's peak memory growth falls from 44 MB (the old code, which kept them) to 15 MB
+  (PyTorch: ~41 MB). The price: the first layer's weight gradient, 1.5 ms in training instead of 1.3;
+* NOTE per-image products: OpenBLAS multiplies matrices with m*n*k up to 10^6 with its small-matrix
+  kernels, 80-115 GFLOP/s here, against 25-60 for its general path on one (O, K) @ (K, chunk*L') product
+  (it moves the whole chunk into packed buffers), or on the transposed (chunk*L', K) @ (K, O), whose
+  (N, L', O) result also costs a transposing copy. Products of 2-8 images at once under 10^6 were no faster;
+* the banded dx of the second layer: 2.3 ms instead of 3.7 ms for the slabs (which write and read back
+  25x the input gradient's size); in training 4.2 instead of 5.6 ms for the layer's whole backward;
+* tried and dropped: the banded form for the forward (4x the useful work: slower than the flat columns);
+  the slabs in cache-sized chunks, summed by one strided reduction (2.8-3.2 ms, no better); the columns
+  built classically but in cache-sized chunks (no faster than the flat ones on the first layer, 1.3x
+  slower on the second); one layout of g shared by dW and dx (no measurable gain);
+* page faults: a step's arrays come back from the kernel every step unless malloc keeps them
+  (:func:`backprop.engine.memory.tune_malloc`, which ``fit`` calls; a plain loop does not): ~3,000 faults a
+  step, a quarter of its time at batch 128 (6,100 vs 8,300 samples/s);
+* threads: NumPy's BLAS runs these small products on one thread; OpenBLAS's idle workers spin for ~0.1 s
+  after any multithreaded product, taking the second core from any other thread, so splitting the batch
+  over our own threads pays only with the BLAS limited to one thread (process-wide). Not done.
 
 >>> import backprop as bp
 >>> from backprop.nn.conv import Conv2d
@@ -139,7 +162,7 @@ def _geometry(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple
 def _conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
                   pads: tuple[tuple[int, int], ...], dilation: tuple[int, int], groups: int,
                   oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """out (N, O, OH, OW) and the columns (N, G, C/G*kh*kw, OH*OW) it was computed from."""
+    """out (N, O, OH, OW) and the columns (N, G, C/G*kh*kw, OH*OW) it was computed from (the classic im2col)."""
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     kg, l_ = cg * kh * kw, oh * ow
@@ -153,6 +176,140 @@ def _conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tu
     if b is not None:
         out += b.reshape(groups, o // groups, 1)
     return out.reshape(n, o, oh, ow), cols
+
+
+# ------------------------------------------------------------------------- the flat (row-shift) im2col
+# Bytes of one chunk of flat columns: a few images at a time, so that the columns are written and read
+# back by the product while they are in the L2 cache (2 MiB a core here) instead of going out to memory.
+_COLS_CHUNK_BYTES = 1 << 20
+# The flat columns hold (OH-1)*Wp + OW positions per image instead of OH*OW (the extra ones are
+# discarded); above this ratio the classic im2col is used.
+_FLAT_MAX_GROWTH = 2.0
+
+
+def _flat_length(pads: tuple[tuple[int, int], ...], hp: int, wp: int, kh: int, kw: int,
+                 stride: tuple[int, int], oh: int, ow: int) -> int | None:
+    """The flat column length L' = (OH-1)*Wp + OW when the flat im2col applies (stride 1), else None."""
+    if stride != (1, 1) or (kh == kw == 1 and not any(pads[0] + pads[1])):
+        return None  # strided windows are not shifts of one row; a 1x1 convolution reads its input in place
+    length = (oh - 1) * wp + ow
+    return length if length <= _FLAT_MAX_GROWTH * oh * ow else None
+
+
+def _planes(x: np.ndarray, pads: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The zero-padded input (N, C, Hp, Wp) with every channel's image one C-ordered plane (a copy if needed)."""
+    xp = _pad(x, pads)
+    it = xp.itemsize
+    if xp.strides[3] != it or (xp.shape[2] > 1 and xp.strides[2] != xp.shape[3] * it):
+        xp = np.ascontiguousarray(xp)
+    return xp
+
+
+def _flat_view(xp: np.ndarray, groups: int, kh: int, kw: int, dilation: tuple[int, int],
+               length: int) -> np.ndarray:
+    """Read-only view (N, G, C/G, kh, kw, L'): [n, g, c, i, j, p] = plane (n, g*C/G + c) at flat index
+    i*dh*Wp + j*dw + p. Output pixel (y, x) is p = y*Wp + x; the p with x >= OW wrap around a row: junk,
+    computed and thrown away. The last index read is (Hp-1)*Wp + Wp-1: always inside the plane."""
+    n, c, _, _ = xp.shape
+    sn, sc, s_h, s_w = xp.strides
+    cg = c // groups
+    return as_strided(xp, (n, groups, cg, kh, kw, length),
+                      (sn, cg * sc, sc, dilation[0] * s_h, dilation[1] * s_w, s_w), writeable=False)
+
+
+def _valid(a: np.ndarray, oh: int, ow: int, wp: int) -> np.ndarray:
+    """The (m, O, OH, OW) view of the real outputs in flat rows a (m, G, O/G, L') (C order)."""
+    m, groups, og, _ = a.shape
+    s0, _, so, sp = a.strides
+    return as_strided(a, (m, groups * og, oh, ow), (s0, so, wp * sp, sp))
+
+
+def _images_per_chunk(n: int, image_bytes: int) -> int:
+    return max(1, min(n, _COLS_CHUNK_BYTES // max(1, image_bytes)))
+
+
+def _flat_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[tuple[int, int], ...],
+                  dilation: tuple[int, int], groups: int, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A stride-1 convolution from flat columns, a chunk of images at a time: (out, padded input), or None
+    when the flat im2col does not apply.
+
+    Image n's columns are ``cols[n, (c, i, j), p] = plane[n, c].flat[i*dh*Wp + j*dw + p]``: for each
+    (c, i, j) one *contiguous* run of L' input elements (a memcpy), where the classic im2col copies OH runs
+    of OW elements. With a bias, a row of ones is appended to the columns and the bias to the weights, so
+    the product adds it (and, in backward, the same product gives its gradient).
+    """
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    (pt, pb), (pl, pr) = pads
+    hp, wp = x.shape[2] + pt + pb, x.shape[3] + pl + pr
+    length = _flat_length(pads, hp, wp, kh, kw, (1, 1), oh, ow)
+    if length is None:
+        return None
+    xp = _planes(x, pads)
+    og, kg = o // groups, cg * kh * kw
+    kb = kg + (b is not None)
+    dt = np.result_type(x.dtype, w.dtype)
+    wext = np.empty((groups, og, kb), dtype=dt)
+    wext[:, :, :kg] = w.reshape(groups, og, kg)
+    if b is not None:
+        wext[:, :, kg] = b.reshape(groups, og)
+    view = _flat_view(xp, groups, kh, kw, dilation, length)
+    nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
+    cols = np.empty((nb, groups, kb, length), dtype=dt)
+    if b is not None:
+        cols[:, :, kg] = 1
+    dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
+    res = np.empty((nb, groups, og, length), dtype=dt)
+    res_valid = _valid(res, oh, ow, wp)  # NOTE: views made once: as_strided costs ~30 us a call
+    out = np.empty((n, o, oh, ow), dtype=dt)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        np.copyto(dst[:m], view[n0:n0 + m])
+        # NOTE: per-image products (numpy loops over the images inside one call): OpenBLAS multiplies
+        # such small matrices (m*n*k up to 10^6) with its small-matrix kernels, 2-4x the rate of its
+        # general path on one (O, K) @ (K, images*L') product of the same chunk
+        np.matmul(wext, cols[:m], out=res[:m])
+        np.copyto(out[n0:n0 + m], res_valid[:m])  # drop the wrapped-around positions
+    return out, xp
+
+
+def _flat_weight_grad(g: np.ndarray, xp: np.ndarray, w_shape: tuple[int, ...], groups: int,
+                      dilation: tuple[int, int], with_bias: bool, dt: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(dW as (O, C/G, kh, kw), db or None) of a flat-path convolution: the sum over images of
+    ``cols_n @ g_n^T``, the columns recomputed from the padded input chunk by chunk, in cache.
+
+    g is laid on the same flat grid, zero at the wrapped-around positions so that they add nothing (NOTE:
+    0 * junk: an inf or NaN input next to the valid window can make a NaN here where PyTorch has inf; the
+    forward output is NaN/inf there anyway). The row of ones in the columns gives db in the same product.
+    """
+    n, o, oh, ow = g.shape
+    _, cg, kh, kw = w_shape
+    og, kg = o // groups, cg * kh * kw
+    kb = kg + with_bias
+    wp = xp.shape[3]
+    length = (oh - 1) * wp + ow
+    view = _flat_view(xp, groups, kh, kw, dilation, length)
+    nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
+    cols = np.empty((nb, groups, kb, length), dtype=dt)
+    if with_bias:
+        cols[:, :, kg] = 1
+    # NOTE: g as (L', O/G) per image (a transposing copy) when there are many output channels, else
+    # (O/G, L') read transposed by the product: LeNet's layers, per image: (151, 136) @ (136, 16) 7.2 us
+    # vs 10.7 us as @ (16, 136)^T; (26, 892) @ (6, 892)^T 5.3 us vs 6.2 us, and a 3x cheaper copy
+    by_rows = og >= 16
+    gg = np.zeros((nb, groups, length, og) if by_rows else (nb, groups, og, length), dtype=dt)
+    g_valid = _valid(gg.transpose(0, 1, 3, 2) if by_rows else gg, oh, ow, wp)  # the zeros elsewhere stay
+    gm = gg if by_rows else gg.transpose(0, 1, 3, 2)  # (nb, G, L', O/G)
+    per_image = np.empty((n, groups, kb, og), dtype=dt)  # summed once at the end: one call, not one a chunk
+    dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        np.copyto(dst[:m], view[n0:n0 + m])
+        np.copyto(g_valid[:m], g[n0:n0 + m])
+        np.matmul(cols[:m], gm[:m], out=per_image[n0:n0 + m])
+    acc = per_image.sum(axis=0)
+    gw = acc[:, :kg].transpose(0, 2, 1).reshape(w_shape)
+    return gw, (acc[:, kg].reshape(o) if with_bias else None)
 
 
 def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -240,6 +397,109 @@ def _input_grad_slabs(g: np.ndarray, w: np.ndarray, groups: int, out: np.ndarray
     np.copyto(out, dx, casting="same_kind")
 
 
+# The banded (Toeplitz) input gradient multiplies each block of input columns by a band with kw nonzeros
+# in each run of `reach` entries (the output-gradient columns reaching the block): it is used while
+# reach <= _TOEPLITZ_MAX_WASTE * kw and the bands take at most _TOEPLITZ_MAX_BYTES.
+_TOEPLITZ_MAX_WASTE = 8.0
+_TOEPLITZ_MAX_BYTES = 1 << 22
+# Largest product (bytes) of the Toeplitz form at once; it is computed over chunks of images below this.
+_TOEPLITZ_CHUNK_BYTES = 1 << 19
+
+
+def _toeplitz_blocks(wp: int, kw: int, dw: int) -> tuple[int, int]:
+    """(number of blocks, block width) of the input-gradient columns for the banded product.
+
+    NOTE: a block of bx columns is reached by bx + (kw-1)*dw output-gradient columns, so the product does
+    (bx + (kw-1)*dw) / kw times the useful work: narrow blocks waste less, but each is one more product and
+    kh more adds. Blocks of about 2*(kw-1)*dw + 1 columns, at least 8: LeNet-5's second layer (Wp = 14,
+    kw = 5) in two blocks of 7, 30% less work in the products than one block of 14, 2.3 instead of 2.45 ms
+    in all."""
+    span = (kw - 1) * dw
+    nblk = max(1, round(wp / max(2 * span + 1, 8)))
+    bx = -(-wp // nblk)
+    return -(-wp // bx), bx
+
+
+def _toeplitz_applies(g_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, stride: tuple[int, int],
+                      wp: int, dw: int, itemsize: int) -> bool:
+    """Whether :func:`_input_grad_toeplitz` computes this input gradient (stride 1, no groups, narrow bands)."""
+    o, c, kh, kw = w_shape
+    ow = g_shape[3]
+    if groups != 1 or stride != (1, 1):
+        return False
+    nblk, bx = _toeplitz_blocks(wp, kw, dw)
+    reach = min(ow, bx + (kw - 1) * dw)  # output-gradient columns reaching one block
+    return (reach * bx <= _TOEPLITZ_MAX_WASTE * kw * bx
+            and nblk * reach * o * kh * c * bx * itemsize <= _TOEPLITZ_MAX_BYTES)
+
+
+def _input_grad_toeplitz(g: np.ndarray, w: np.ndarray, out: np.ndarray, pads: tuple[tuple[int, int], ...],
+                         dilation: tuple[int, int]) -> None:
+    """dL/dx of a stride-1, ungrouped convolution into ``out`` (N, C, H, W): per block of input columns,
+    one product of the output-gradient rows with a banded matrix, then kh row-shifted adds.
+
+    Row y' of the output gradient (all channels, laid out (OW, O)) reaches input rows y' + i*dh, each
+    through a banded (Toeplitz) matrix along the width: ``T[(x, o), (i, c, x + j*dw)] = W[o, c, i, j]``. So
+    ``P = g_rows (N*OH, OW*O) @ T (OW*O, kh*C*Wp)`` holds, for each output row and kernel row i, its whole
+    contribution to input row y' + i*dh, and dx is kh adds of row blocks of P. No (C*kh*kw)-row columns
+    (the slab and col2im forms write and read back kh*kw times the input gradient's size), at the price of
+    the band's zeros in the product; cutting the input columns into blocks (:func:`_toeplitz_blocks`), each
+    reached by a contiguous range of output-gradient columns, drops most of them. LeNet-5's second layer
+    (batch 128): 2.3 ms instead of 3.7 ms for the slabs.
+    """
+    n, o, oh, ow = g.shape
+    _, c, kh, kw = w.shape
+    (pt, pb), (pl, pr) = pads
+    h, wd = out.shape[2], out.shape[3]
+    hp, wp = h + pt + pb, wd + pl + pr
+    dh, dw = dilation
+    dt = np.result_type(g.dtype, w.dtype)
+    nblk, bx = _toeplitz_blocks(wp, kw, dw)
+    blocks = []  # (first, last output-gradient column, the block's band, block index)
+    for blk in range(nblk):
+        x0, x1 = blk * bx, min(wp, (blk + 1) * bx)
+        xa, xb = max(0, x0 - (kw - 1) * dw), min(ow, x1)
+        if xa >= xb:
+            continue  # only padding columns: no gradient reaches them
+        t = np.zeros((xb - xa, o, kh, c, bx), dtype=dt)
+        s0, s1, s2, s3, s4 = t.strides
+        for j in range(kw):  # the band's diagonal j: t[x - xa, o, i, c, x + j*dw - x0] = W[o, c, i, j]
+            lo, hi = max(xa, x0 - j * dw), min(xb, x1 - j * dw)
+            if lo < hi:
+                diag = as_strided(t[lo - xa:, :, :, :, lo + j * dw - x0:], (o, kh, c, hi - lo), (s1, s2, s3, s0 + s4))
+                np.copyto(diag, w[:, :, :, j].transpose(0, 2, 1)[..., None])
+        blocks.append((xa, xb, t.reshape((xb - xa) * o, kh * c * bx), blk))
+    rows = np.empty((n, oh, ow, o), dtype=dt)
+    np.copyto(rows, g.transpose(0, 2, 3, 1))
+    rows = rows.reshape(n * oh, ow * o)
+    dxr = np.zeros((n, hp, nblk, c, bx), dtype=dt)
+    nb = max(1, min(n, _TOEPLITZ_CHUNK_BYTES // max(1, oh * kh * c * bx * dxr.itemsize)))
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        for xa, xb, t, blk in blocks:
+            p = (rows[n0 * oh:(n0 + m) * oh, xa * o:xb * o] @ t).reshape(m, oh, kh, c, bx)
+            for i in range(kh):
+                dxr[n0:n0 + m, i * dh:i * dh + oh, blk] += p[:, :, i]
+            del p
+    for blk in range(nblk):  # crop the padding, back to (N, C, H, W)
+        x0, x1 = max(blk * bx, pl), min((blk + 1) * bx, wp, pl + wd)
+        if x0 < x1:
+            np.copyto(out[:, :, :, x0 - pl:x1 - pl],
+                      dxr[:, pt:pt + h, blk, :, x0 - blk * bx:x1 - blk * bx].transpose(0, 2, 1, 3), casting="same_kind")
+
+
+def _forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
+             pads: tuple[tuple[int, int], ...], dilation: tuple[int, int], groups: int,
+             oh: int, ow: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(out, padded input or None, columns or None): the flat path where it applies, else im2col."""
+    if stride == (1, 1):
+        flat = _flat_forward(x, w, b, pads, dilation, groups, oh, ow)
+        if flat is not None:
+            return flat[0], flat[1], None
+    out, cols = _conv_forward(x, w, b, stride, pads, dilation, groups, oh, ow)
+    return out, None, cols
+
+
 def _conv_backward(ctx: Any, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
     """Gradients (x, w[, b]) of a 2-D convolution; shared by Conv2dFn and Conv1dFn (which adds H = 1)."""
     needs = ctx.needs_grad
@@ -247,26 +507,39 @@ def _conv_backward(ctx: Any, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
     n = g.shape[0]
     o, cg, kh, kw = w.shape
     oh, ow = g.shape[2], g.shape[3]
-    g3 = g.reshape(n, groups, o // groups, oh * ow)
+    with_bias = len(needs) == 3
+    (pt, pb), (pl, pr) = ctx.pads
+    hp, wp = ctx.x_shape[2] + pt + pb, ctx.x_shape[3] + pl + pr
     gx = gw = gb = None
     if needs[1]:
-        gw = _weight_grad(g3, ctx.cols).reshape(w.shape)
-        if gw.dtype != w.dtype:
+        if ctx.xp is not None:  # flat path: the columns are recomputed, and give db too
+            gw, gb = _flat_weight_grad(g, ctx.xp, w.shape, groups, ctx.dilation, ctx.b_dtype is not None,
+                                       np.result_type(ctx.xp.dtype, w.dtype))
+            if not (with_bias and needs[2]):
+                gb = None
+        else:
+            g3 = g.reshape(n, groups, o // groups, oh * ow)
+            gw = _weight_grad(g3, ctx.cols).reshape(w.shape)
+        if gw.dtype != w.dtype or not gw.flags.c_contiguous:
             gw = gw.astype(w.dtype)
     if needs[0]:
         gx = np.empty(ctx.x_shape, dtype=ctx.x_dtype)
-        (pt, pb), (pl, pr) = ctx.pads
-        grid = (ctx.x_shape[2] + pt + pb) * (ctx.x_shape[3] + pl + pr)
-        if ctx.stride == (1, 1) and grid <= _DX_MAX_GROWTH * oh * ow:
+        if _toeplitz_applies(g.shape, w.shape, groups, ctx.stride, wp, ctx.dilation[1],
+                             np.result_type(g.dtype, w.dtype).itemsize):
+            _input_grad_toeplitz(g, w, gx, ctx.pads, ctx.dilation)
+        elif ctx.stride == (1, 1) and hp * wp <= _DX_MAX_GROWTH * oh * ow:
             _input_grad_slabs(g, w, groups, gx, ctx.pads, ctx.dilation)
         else:  # strided (or a kernel almost as large as the input): per-image products, then col2im
+            g3 = g.reshape(n, groups, o // groups, oh * ow)
             dcols = np.matmul(w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1), g3)
             _col2im(dcols.reshape(n, cg * groups, kh, kw, oh, ow), gx, ctx.stride, ctx.pads, ctx.dilation)
             del dcols
-    if len(needs) == 2:
+    if not with_bias:
         return gx, gw
-    if needs[2]:
-        gb = g.sum(axis=(0, 2, 3)).astype(ctx.b_dtype, copy=False)
+    if needs[2] and gb is None:
+        gb = g.sum(axis=(0, 2, 3))
+    if gb is not None:
+        gb = gb.astype(ctx.b_dtype, copy=False)
     return gx, gw, gb
 
 
@@ -335,7 +608,7 @@ class Conv2dFn(Function):
         oh, ow = _geometry(x, w, stride, pads, dilation, groups, owner, "(N, C, H, W)", False)
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{owner}: bias must have shape ({w.shape[0]},), got {b.shape}")
-        out, self.cols = _conv_forward(x, w, b, stride, pads, dilation, groups, oh, ow)
+        out, self.xp, self.cols = _forward(x, w, b, stride, pads, dilation, groups, oh, ow)
         self.w, self.x_shape, self.x_dtype = w, x.shape, x.dtype
         self.b_dtype = None if b is None else b.dtype
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
@@ -365,7 +638,7 @@ class Conv1dFn(Function):
         oh, ow = _geometry(x4, w4, stride, pads, dilation, groups, owner, "(N, C, L)", True)
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{owner}: bias must have shape ({w.shape[0]},), got {b.shape}")
-        out, self.cols = _conv_forward(x4, w4, b, stride, pads, dilation, groups, oh, ow)
+        out, self.xp, self.cols = _forward(x4, w4, b, stride, pads, dilation, groups, oh, ow)
         self.w, self.x_shape, self.x_dtype = w4, x4.shape, x.dtype
         self.b_dtype = None if b is None else b.dtype
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups

@@ -7,10 +7,19 @@ pooling layer (batch 128) that was measured 8x faster than copying the windows o
 40x faster than reducing a 6-D window view (``x.reshape(N, C, H/2, 2, W/2, 2).max(axis=(3, 5))``: NumPy
 reduces short strided axes element by element).
 
+Max pooling over windows that tile the input (stride = kernel, no padding or dilation: MaxPool2d(2)) is
+separable (:func:`_tiled_max`): a max along the window rows, then down the rows, 4 NumPy calls for 2x2
+instead of 13 (LeNet-5's first pooling layer: 0.7 ms instead of 1.15 ms, in training 0.8 instead of
+1.5); its backward writes the gradient to the chosen row, then the chosen column, in place in the input
+gradient (:func:`_tiled_max_grad`).
+
 Max pooling sends the gradient to the first maximal element of each window (row-major order), as PyTorch
-does; it stores that element's offset in the window (uint8 for kernels up to 16x16), not a mask. Padding
-is -inf for max and 0 for average pooling, as in PyTorch. Non-overlapping windows (stride >= kernel, the
-common 2x2/stride-2 case) write the input gradient directly; overlapping ones scatter-add it.
+does: exactly one element per window, also on ties (whole windows of 0 after a ReLU). The general path
+stores that element's offset in the window (uint8 for kernels up to 16x16), not a mask; the tiled one
+the first maximal column of each window row and the first row holding the maximum (booleans for 2x2),
+which together name the same element. Padding is -inf for max and 0 for average pooling, as in PyTorch.
+Non-overlapping windows (stride >= kernel, the common 2x2/stride-2 case) write the input gradient
+directly; overlapping ones scatter-add it.
 
 >>> import backprop as bp
 >>> from backprop.nn.pooling import MaxPool2d
@@ -90,6 +99,12 @@ class _Geometry:
         shape = (n, c, ph + h + ah, pw + w + aw)
         return np.empty(shape, dtype=dtype) if exact else np.zeros(shape, dtype=dtype)
 
+    def tiles(self) -> bool:
+        """Windows without gaps, overlap, padding or dilation (stride = kernel): the input cut into tiles,
+        except rows/columns past the last window."""
+        return (self.kernel == self.stride and self.dilation == (1, 1) and self.padding == (0, 0)
+                and self.after == (0, 0))
+
     def tiles_exactly(self) -> bool:
         """Windows without gaps, overlap or padding that cover the whole input (every gradient element written)."""
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.stride, self.dilation, self.out
@@ -139,6 +154,11 @@ class MaxPool2dFn(Function):
         geo = _Geometry(x.shape, *_pool_args(kernel_size, stride, padding, dilation, "max_pool2d"), ceil_mode,
                         "max_pool2d")
         x4 = _as4d(x)
+        self.geo, self.shape, self.dtype = geo, x.shape, x.dtype
+        if geo.tiles():  # NOTE: the separable form, see the module docstring
+            best, self.tiled = _tiled_max(x4, geo)
+            self.idx = None
+            return best if x.ndim == 4 else best[0]
         xp = geo.pad(x4, -np.inf)
         offsets = geo.offsets()
         _, rows, cols = offsets[0]
@@ -153,12 +173,15 @@ class MaxPool2dFn(Function):
             # idx < off always, so "off where m, else idx" is max(idx, m*off): no slow masked assignment
             np.multiply(m, off, out=step, dtype=idx.dtype)
             np.maximum(idx, step, out=idx)
-        self.idx, self.geo, self.shape, self.dtype = idx, geo, x.shape, x.dtype
+        self.idx = idx
         return best if x.ndim == 4 else best[0]
 
     def backward(self, g):
         geo, idx = self.geo, self.idx
         g4 = _as4d(g)
+        if idx is None:
+            dx = _tiled_max_grad(g4, *self.tiled, geo, self.dtype)
+            return dx if len(self.shape) == 4 else dx[0]
         n, c = idx.shape[:2]
         exact = geo.tiles_exactly()
         dxp = geo.padded_zeros(n, c, self.dtype, exact)
@@ -169,6 +192,90 @@ class MaxPool2dFn(Function):
                 dxp[:, :, rows, cols] += g4 * (idx == off)
         dx = geo.crop(dxp)
         return dx if len(self.shape) == 4 else dx[0]
+
+
+def _windows6(a: np.ndarray, geo: _Geometry) -> np.ndarray:
+    """The (N, C, OH, kh, OW, kw) view of tiling windows (rows/columns past the last window left out)."""
+    (kh, kw), (oh, ow) = geo.kernel, geo.out
+    n, c = a.shape[:2]
+    return a[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+
+
+def _first_max(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise max of ``parts`` and the index of the first part that reaches it (bool for two parts)."""
+    best = np.maximum(parts[0], parts[1])  # (propagates NaN, as PyTorch)
+    arg = np.greater(parts[1], parts[0])  # strictly: a tie keeps the earlier element, as PyTorch
+    if len(parts) > 2:
+        arg = arg.astype(np.uint8 if len(parts) <= 256 else np.int32)
+        step = np.empty(arg.shape, dtype=arg.dtype)
+        for k in range(2, len(parts)):
+            m = np.greater(parts[k], best)
+            np.maximum(best, parts[k], out=best)
+            np.multiply(m, k, out=step, dtype=arg.dtype)  # arg < k, so "k where m" is max(arg, m*k)
+            np.maximum(arg, step, out=arg)
+    return best, arg
+
+
+def _tiled_max(x4: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, tuple[Any, Any]]:
+    """Max pooling of windows that tile the input (stride = kernel, no padding or dilation), separably:
+    (the maxima, (the chosen row of each window, the chosen column of each window row)), each None for a
+    kernel one element long that way.
+
+    First along each window row (kw strided reads of the whole input, each one long loop: NumPy merges
+    the window rows into one stride), keeping the first maximal column of each window row; then down the
+    kh row maxima (contiguous rows), keeping the first row holding the window's maximum. That row and its
+    first maximal column are the window's first maximal element in row-major order: PyTorch's choice on
+    ties (whole windows of 0 after a ReLU). NOTE: down the rows first would read contiguous rows, but
+    would find the first maximum in column-major order; the row-major one then takes more calls than that
+    saves.
+    """
+    (kh, kw) = geo.kernel
+    xv = _windows6(x4, geo)
+    if kw == 1:
+        h, cols = xv[..., 0], None
+    else:
+        h, cols = _first_max([xv[..., j] for j in range(kw)])  # (N, C, OH, kh, OW)
+    if kh == 1:
+        best, rows = np.array(h[:, :, :, 0]), None
+    else:
+        best, rows = _first_max([h[:, :, :, i] for i in range(kh)])  # (N, C, OH, OW)
+    return best, (rows, cols)
+
+
+def _tiled_max_grad(g4: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None, geo: _Geometry,
+                    dtype: Any) -> np.ndarray:
+    """Input gradient of :func:`_tiled_max`: g to the chosen row of each window, then to its chosen column.
+
+    Both steps write into the input gradient itself: g, masked by row, goes to column 0 of every window
+    row; then column j (j > 0) is that times "column j chosen", and column 0 is masked last, in place.
+    NOTE: no (N, C, OH, kh, OW) temporary for the first step (as fast in isolation, and one array less to
+    go out to memory); and no window offsets (one uint8 per window, the general path's backward): making
+    them from the booleans cost more than that backward saves (first layer 1.6 vs 1.4 ms for both ways).
+    """
+    (kh, kw), (h, w) = geo.kernel, geo.in_hw
+    n, c = g4.shape[:2]
+    exact = geo.tiles_exactly()
+    dx = np.empty((n, c, h, w), dtype=dtype) if exact else np.zeros((n, c, h, w), dtype=dtype)
+    dv = _windows6(dx, geo)  # (N, C, OH, kh, OW, kw)
+    first = dv[..., 0]  # (N, C, OH, kh, OW)
+    if kh == 1:
+        np.copyto(first[:, :, :, 0], g4)
+    elif kh == 2:
+        np.multiply(g4, ~rows, out=first[:, :, :, 0])
+        np.multiply(g4, rows, out=first[:, :, :, 1])
+    else:
+        for i in range(kh):
+            np.multiply(g4, rows == i, out=first[:, :, :, i])
+    if kw == 1:
+        return dx
+    if kw == 2:
+        np.multiply(first, cols, out=dv[..., 1])
+        np.multiply(first, ~cols, out=first)
+        return dx
+    for j in range(1, kw):
+        np.multiply(first, cols == j, out=dv[..., j])
+    np.multiply(first, cols == 0, out=first)
+    return dx
 
 
 # -------------------------------------------------------------------------------------------- avg pool
