@@ -56,6 +56,7 @@ import numpy as np
 from backprop.engine.blas import SMALL_BATCH, gemm_update, weight_grad
 from backprop.engine.capture import Capture, CaptureError, Plan, accumulate_grad
 from backprop.engine.function import is_grad_enabled
+from backprop.engine.memory import tune_malloc
 from backprop.engine.tensor import Tensor
 from backprop.nn.conv import Conv1dFn, Conv2dFn
 from backprop.nn.functional import Linear
@@ -167,6 +168,7 @@ class Jitted:
         return self._capture(key, args, fn)
 
     def _capture(self, key: Any, args: tuple[Any, ...], fn: Callable) -> Any:
+        tune_malloc()  # NOTE: as fit does: a training loop's arrays come and go; see backprop.engine.memory
         cap = Capture()
         result: list[Any] = []
         try:
