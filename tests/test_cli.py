@@ -145,6 +145,15 @@ def test_mnist_one_epoch(tmp_path):
     assert "6000 iterations per epoch" in proc.stdout
 
 
+def test_no_jit_trains_the_same_network(tmp_path):
+    """`--no-jit` runs every step eagerly: with momentum SGD (nothing folded) the figures are identical."""
+    lines = []
+    for flag in ((), ("--no-jit",)):
+        proc = run("train", "--epochs", "2", "--hidden", "32", *flag, "--out", str(tmp_path / f"run{len(lines)}"))
+        lines.append(next(ln for ln in proc.stdout.splitlines() if ln.startswith("test loss")))
+    assert lines[0] == lines[1], lines
+
+
 def test_training_controls_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     run("train", "--epochs", "4", "--scheduler", "cosine", "--warmup", "1", "--weight-decay", "1e-4", "--dropout",

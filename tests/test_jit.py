@@ -152,18 +152,34 @@ def test_cnn_with_batch_norm_and_dropout():
     _assert_same(_fit_both(_cnn, x, y, optimizer="sgd", lr=0.05, epochs=2, batch_size=10), exact=False)
 
 
-@pytest.mark.parametrize("scheduler", [
-    lambda o: bp.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
-    lambda o: bp.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4),
-    lambda o: bp.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=12),
-    lambda o: bp.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),
-])
-def test_schedulers_change_the_captured_steps_learning_rate(scheduler):
+LR = bp.optim.lr_scheduler
+SCHEDULERS = {  # every schedule of backprop.optim.lr_scheduler: (maker, interval)
+    "StepLR": (lambda o: LR.StepLR(o, step_size=1, gamma=0.5), "epoch"),
+    "MultiStepLR": (lambda o: LR.MultiStepLR(o, milestones=[1, 3], gamma=0.3), "epoch"),
+    "ExponentialLR": (lambda o: LR.ExponentialLR(o, gamma=0.7), "epoch"),
+    "LinearLR": (lambda o: LR.LinearLR(o, start_factor=0.2, total_iters=8), "step"),
+    "LambdaLR": (lambda o: LR.LambdaLR(o, lambda k: 1.0 / (1 + k)), "step"),
+    "CosineAnnealingLR": (lambda o: LR.CosineAnnealingLR(o, T_max=4), "epoch"),
+    "OneCycleLR": (lambda o: LR.OneCycleLR(o, max_lr=0.1, total_steps=12), "step"),
+    "SequentialLR": (lambda o: LR.SequentialLR(o, [LR.LinearLR(o, start_factor=0.5, total_iters=2),
+                                                  LR.ExponentialLR(o, gamma=0.8)], milestones=[2]), "epoch"),
+    "ReduceLROnPlateau": (lambda o: LR.ReduceLROnPlateau(o, patience=0), "epoch"),
+}
+
+
+def test_every_scheduler_is_tested():
+    made = {cls.__name__ for cls in LR.LRScheduler.__subclasses__()}
+    assert made <= set(SCHEDULERS), made - set(SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_schedulers_change_the_captured_steps_learning_rate(name):
+    """The captured step reads the learning rate every step, whatever changes it, bit-identically."""
     x, y = _data(48)
+    scheduler, interval = SCHEDULERS[name]
     opt = lambda params: bp.optim.SGD(params, lr=0.1, momentum=0.9)
-    per_step = "OneCycle" in repr(scheduler(bp.optim.SGD(_mlp().parameters(), lr=0.1)))
-    kw = {"scheduler": scheduler, "scheduler_interval": "step" if per_step else "epoch"}
-    if "Plateau" in repr(scheduler(bp.optim.SGD(_mlp().parameters(), lr=0.1))):
+    kw = {"scheduler": scheduler, "scheduler_interval": interval}
+    if name == "ReduceLROnPlateau":
         kw["validation_data"] = _data(20, seed=5)
     _assert_same(_fit_both(_mlp, x, y, optimizer=opt, epochs=4, batch_size=16, **kw))
 
