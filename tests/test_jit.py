@@ -18,7 +18,6 @@ from backprop.engine.registry import REGISTRY
 from backprop.nn.module import LazyGrad, raw_grad
 from backprop.training.jit import CapturedStep
 
-
 # NOTE: a step that falls back to eager warns (RuntimeWarning): none of these should, unless a test says so
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
