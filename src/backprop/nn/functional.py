@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backprop.engine.blas import linear_forward, weight_grad
+from backprop.engine.blas import input_grad, linear_forward, weight_grad
 from backprop.engine.functional import (
     gelu,
     leaky_relu,
@@ -83,7 +83,7 @@ class Linear(Function):
     @staticmethod
     def kernel_backward(saved, g, needs):  # dL/dx = G W,  dL/dW = G^T x,  dL/db = sum of G over the batch
         x, w = saved
-        gx = g @ w if needs[0] else None
+        gx = input_grad(g, w) if needs[0] else None
         if x.ndim != 2:
             x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, w.shape[0])
         gw = weight_grad(g, x) if needs[1] else None
