@@ -243,6 +243,22 @@ def library_lines(results: dict[Key, list[dict]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the child: workers
+def run_task(args: Any, tasks: dict[str, Callable[[], dict[str, Any]]]) -> None:
+    """In a worker process: run ``args.task`` and print its JSON line with the worker's name and threads."""
+    emit({"impl": args.worker, "threads": args.threads, **tasks[args.task]()})
+
+
+def available(script: str, pin_core: int, impls: Sequence[str],
+              reasons: Callable[[dict[str, Any]], dict[str, str | None]]) -> tuple[list[str], dict[str, str]]:
+    """The implementations to measure, and why each other one is left out: ``reasons(probe)`` maps an
+    implementation to why it cannot run (None: it can), from what a backprop worker's probe found."""
+    probe = launch(script, ["--worker", "backprop-loop", "--task", "probe"], 1, pin_core)
+    if "error" in probe:
+        raise RuntimeError(f"backprop cannot be imported: {probe['error']}")
+    why = reasons(probe)
+    return [k for k in impls if why.get(k) is None], {k: w for k in impls if (w := why.get(k))}
+
+
 def emit(result: dict[str, Any]) -> None:
     """A worker's answer to its parent: one JSON line, with its cores and the libraries it imported."""
     imported = [m for m in MEASURED_LIBRARIES if m in sys.modules]

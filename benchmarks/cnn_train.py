@@ -54,11 +54,11 @@ from _common import (
     Job,
     Key,
     Spread,
+    available,
     backprop_epoch,
     backprop_train_step,
     best_threads,
     cpu_seconds,
-    emit,
     env_lines,
     errors,
     launch,
@@ -68,6 +68,7 @@ from _common import (
     parse_threads,
     print_table,
     run_rounds,
+    run_task,
     spreads,
     torch_epoch,
     torch_threads,
@@ -459,28 +460,22 @@ def task_probe() -> dict[str, Any]:
 
 def run_worker(args: argparse.Namespace) -> None:
     """In a worker process: run ``args.task`` and print its JSON line."""
-    tasks: dict[str, Callable[[], dict[str, Any]]] = {
+    run_task(args, {
         "probe": task_probe,
         "epochs": lambda: task_epochs(args),
         "sanity": lambda: task_sanity(args),
         "split": lambda: task_split(args),
         "memory": lambda: task_memory(args),
-    }
-    emit({"impl": args.worker, "threads": args.threads, **tasks[args.task]()})
+    })
 
 
 # ------------------------------------------------------------------------------------ the orchestrator
-def available(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+def available_impls(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The implementations to measure, and why each other one is left out."""
-    probe = launch(SCRIPT, ["--worker", "backprop-loop", "--task", "probe"], 1, args.pin_core)
-    if "error" in probe:
-        raise RuntimeError(f"backprop cannot be imported: {probe['error']}")
-    reasons = {
+    return available(SCRIPT, args.pin_core, IMPLS, lambda probe: {
         "backprop-jit": None if probe["jit"] else "n/a (bp.jit not available)",
         "torch": None if probe["torch"] else "skipped (torch not importable)",
-    }
-    names = [k for k in IMPLS if reasons.get(k) is None]
-    return names, {k: why for k in IMPLS if (why := reasons.get(k))}
+    })
 
 
 def run_sanity(args: argparse.Namespace) -> str:
@@ -604,7 +599,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     print("CNN (LeNet-5) training benchmark: backprop vs PyTorch (CPU), one library per process")
     for line in env_lines():
         print(line)
-    names, missing = available(args)
+    names, missing = available_impls(args)
     for impl, why in missing.items():
         print(f"  {impl}: {why}")
     if "torch" in names:

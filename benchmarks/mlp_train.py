@@ -60,11 +60,11 @@ from _common import (
     Job,
     Key,
     Spread,
+    available,
     backprop_epoch,
     backprop_train_step,
     best_threads,
     cpu_seconds,
-    emit,
     env_lines,
     errors,
     launch,
@@ -74,6 +74,7 @@ from _common import (
     parse_threads,
     print_table,
     run_rounds,
+    run_task,
     spreads,
     torch_epoch,
     torch_threads,
@@ -631,29 +632,23 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.task == "profile":
         task_profile(args)
         return
-    tasks: dict[str, Callable[[], dict[str, Any]]] = {
+    run_task(args, {
         "probe": task_probe,
         "epochs": lambda: task_epochs(args),
         "step": lambda: task_step(args),
         "sanity": lambda: task_sanity(args),
-    }
-    emit({"impl": args.worker, "threads": args.threads, **tasks[args.task]()})
+    })
 
 
 # ------------------------------------------------------------------------------------ the orchestrator
-def available(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+def available_impls(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The implementations to measure, and why each other one asked for is left out."""
-    probe = launch(SCRIPT, ["--worker", "backprop-loop", "--task", "probe"], 1, args.pin_core)
-    if "error" in probe:
-        raise RuntimeError(f"backprop cannot be imported: {probe['error']}")
-    reasons = {
+    return available(SCRIPT, args.pin_core, args.impls, lambda probe: {
         "backprop-jit": None if probe["jit"] else "n/a (bp.jit not available)",
         "backprop-fit-eager": None if probe["fit_jit"] else "n/a (bp.fit has no jit= keyword)",
         "torch": None if probe["torch"] else "skipped (torch not importable)",
         "jax": None if probe["jax"] else "skipped (jax not importable: pip install 'jax[cpu]')",
-    }
-    names = [k for k in args.impls if reasons.get(k) is None]
-    return names, {k: why for k in args.impls if (why := reasons.get(k))}
+    })
 
 
 def run_sanity(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -814,7 +809,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         argv += ["--profile-batch-size", str(args.profile_batch_size)]
         launch(SCRIPT, argv, max(args.threads), args.pin_core, capture=False)
         return 0
-    names, missing = available(args)
+    names, missing = available_impls(args)
     for impl, why in missing.items():
         print(f"  {impl}: {why}")
     print(run_sanity(args, names), flush=True)

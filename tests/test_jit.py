@@ -14,7 +14,7 @@ import pytest
 import backprop as bp
 import backprop.distributed.sync_batchnorm
 from backprop.engine.capture import CaptureError
-from backprop.engine.registry import REGISTRY
+from backprop.engine.registry import all_cases
 from backprop.nn.module import LazyGrad, raw_grad
 from backprop.training.jit import CapturedStep
 
@@ -22,14 +22,7 @@ from backprop.training.jit import CapturedStep
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
-def _all_cases():
-    rng = np.random.default_rng(0)
-    for cls, make in REGISTRY.items():
-        for case in make(rng):
-            yield pytest.param(cls, case, id=f"{cls.__name__}-{case.label}")
-
-
-CASES = list(_all_cases())
+CASES = [pytest.param(cls, case, id=f"{cls.__name__}-{case.label}") for cls, case in all_cases()]
 F = bp.nn.functional
 
 

@@ -5,15 +5,8 @@ import pytest
 
 import backprop as bp
 import backprop.distributed.sync_batchnorm  # registers SyncBatchNormTrain (imports without mpi4py)
-from backprop.engine.registry import REGISTRY
+from backprop.engine.registry import REGISTRY, all_cases
 from backprop.engine.tensor import Function
-
-
-def _all_cases():
-    rng = np.random.default_rng(0)
-    for cls, make in REGISTRY.items():
-        for case in make(rng):
-            yield pytest.param(cls, case, id=f"{cls.__name__}-{case.label}")
 
 
 def _subclasses(cls):
@@ -22,7 +15,7 @@ def _subclasses(cls):
         yield from _subclasses(sub)
 
 
-CASES = list(_all_cases())
+CASES = [pytest.param(cls, case, id=f"{cls.__name__}-{case.label}") for cls, case in all_cases()]
 
 
 def test_every_function_is_registered():

@@ -180,30 +180,28 @@ def gemm_update(w: np.ndarray, g: np.ndarray, x: np.ndarray, alpha: float) -> No
         w += alpha * (g.T @ x)
         return
     b, out, inp = g.shape[0], w.shape[0], w.shape[1]
-    one = b < SMALL_BATCH and b * out * inp >= MIN_WORK and t.set is not None
-    n = t.get() if one else 1
-    if n > 1:
-        t.set(1)  # NOTE: a short product: two threads mostly wait for each other (see weight_grad)
-    try:
-        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, out, inp, b, alpha, _address(g), out, _address(x), inp, 1.0,
-           _address(w), inp)
-    finally:
-        if n > 1:
-            t.set(n)
+    _short(fn, b, out * inp, _ROW_MAJOR, _TRANS, _NO_TRANS, out, inp, b, alpha, _address(g), out, _address(x),
+           inp, 1.0, _address(w), inp)
 
 
 def weight_grad(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``g.T @ x``: the gradient of a (out, in) weight from output gradients g (B, out) and inputs x (B, in)."""
-    b = g.shape[0]
-    if b < SMALL_BATCH and b * g.shape[1] * x.shape[1] >= MIN_WORK:
+    return _short(np.matmul, g.shape[0], g.shape[1] * x.shape[1], g.T, x)
+
+
+def _short(product: Callable[..., Any], rows: int, work_per_row: int, *args: Any) -> Any:
+    """``product(*args)``, on one OpenBLAS thread when it is short: fewer than ``SMALL_BATCH`` rows yet enough
+    work that OpenBLAS would use its threads (two threads mostly wait for each other on such a product).
+
+    NOTE: whatever limit the user set (threadpoolctl, OMP_NUM_THREADS) is read and restored.
+    """
+    if rows < SMALL_BATCH and rows * work_per_row >= MIN_WORK:
         t = _openblas()
-        if t.set is not None:
-            # NOTE: whatever limit the user set (threadpoolctl, OMP_NUM_THREADS) is read and restored
-            n = t.get()
-            if n > 1:
-                t.set(1)
-                try:
-                    return g.T @ x
-                finally:
-                    t.set(n)
-    return g.T @ x
+        n = t.get() if t.set is not None else 1
+        if n > 1:
+            t.set(1)
+            try:
+                return product(*args)
+            finally:
+                t.set(n)
+    return product(*args)

@@ -49,7 +49,7 @@ from backprop.engine.blas import set_blas_threads
 from backprop.engine.function import Function
 from backprop.engine.tensor import Tensor, _accumulate_leaf, _release, _toposort
 
-__all__ = ["Capture", "CaptureError", "Plan", "accumulate_grad", "capturing"]
+__all__ = ["Capture", "CaptureError", "Plan", "accumulate_grad"]
 
 accumulate_grad = _accumulate_leaf  # ``leaf.grad += g`` as the eager backward does it (for specialised plans)
 
@@ -59,11 +59,6 @@ _VALUE_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "
 
 class CaptureError(RuntimeError):
     """The step cannot be captured (the message says why); run it eagerly instead."""
-
-
-def capturing() -> bool:
-    """True while a step is being captured."""
-    return _function._recorder is not None
 
 
 class _Segment:
@@ -301,7 +296,7 @@ class Capture:
     # ------------------------------------------------------------------------------------- the plan
     def plan(self) -> Plan:
         """The recorded segments as a replayable :class:`Plan`."""
-        return Plan(self.segments, self.nslots, len(self.ctxs), self.leaves)
+        return Plan(self.segments, self.leaves)
 
 
 def _run_backward(instr: tuple, c: list[Function | None], g0: np.ndarray | None) -> None:
@@ -344,8 +339,7 @@ class Plan:
     segment that reads them, so an idle plan holds no activations.
     """
 
-    def __init__(self, segments: list[tuple[list[tuple], list[int]]], nslots: int, nctx: int,
-                 leaves: list[Tensor]) -> None:
+    def __init__(self, segments: list[tuple[list[tuple], list[int]]], leaves: list[Tensor]) -> None:
         self.segments = segments
         self.leaves = leaves
         self.values: dict[str, Any] = {}
@@ -395,7 +389,7 @@ class Plan:
 
     # ------------------------------------------------------------------------------ code generation
     def _generate(self) -> None:
-        bodies = [_Segment_code(self, k, code, outs) for k, (code, outs) in enumerate(self.segments)]
+        bodies = [_SegmentSource(self, k, code, outs) for k, (code, outs) in enumerate(self.segments)]
         # which persistent names (values, saved state) each segment reads and writes: kept in between
         last_read: dict[str, int] = {}
         for k, b in enumerate(bodies):
@@ -410,7 +404,7 @@ class Plan:
             self._functions.append(fn)
 
 
-class _Segment_code:
+class _SegmentSource:
     """The source of one segment's function ``run(V, inputs)`` (V: what segments pass each other)."""
 
     def __init__(self, plan: Plan, k: int, code: list[tuple], outs: list[int]) -> None:

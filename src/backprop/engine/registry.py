@@ -110,3 +110,10 @@ def cases(*made: Case) -> CaseMaker:
 def sample(shape: tuple[int, ...], domain: str = "real", seed: int = 0) -> np.ndarray:
     """A fixed random float64 array, for writing ``cases(...)``."""
     return _sample(np.random.default_rng(seed), shape, domain)
+
+
+def all_cases(seed: int = 0) -> list[tuple[type, Case]]:
+    """Every registered op with each of its test cases, drawn from one generator: what the generated tests
+    (gradient checks, PyTorch comparisons, captured steps) run over."""
+    rng = np.random.default_rng(seed)
+    return [(cls, case) for cls, make in REGISTRY.items() for case in make(rng)]

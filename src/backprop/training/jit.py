@@ -347,7 +347,7 @@ class CapturedStep:
             self.captures += 1
             plan = cap.plan()
             _thread_policy(plan)
-            entry = _Captured(plan, self.modules, None)
+            entry = _Captured(plan, [], None)  # NOTE: the modes are in the key already: not checked twice a step
             if self.fuse:
                 entry.update = fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
             self.plans[key] = entry

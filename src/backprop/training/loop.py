@@ -46,6 +46,7 @@ from backprop.nn.module import LazyGrad, Module, raw_grad
 from backprop.nn.utils import clip_grad_norm_, clip_grad_value_
 from backprop.training.callbacks import Callback, ProgressBar, TrainingDiverged
 from backprop.training.history import History
+from backprop.training.inputs import all_finite
 
 __all__ = ["Batch", "CallbackList", "Loop", "NonFiniteGradient", "Step", "StepResult", "TrainingDiverged", "batches",
            "register_loop_callback"]
@@ -237,16 +238,13 @@ class Step:
 
 
 def _nonfinite_gradient(named_params: list[tuple[str, Any]]) -> str | None:
-    """The name of the first parameter whose gradient holds NaN or infinity, else None.
-
-    NOTE: one sum per gradient (a single pass, no temporary): NaN or inf anywhere makes the sum non-finite;
-    a sum that overflows from finite values is told apart by the exact (and rarer) isfinite check.
-    """
+    """The name of the first parameter whose gradient holds NaN or infinity, else None (one sum each:
+    :func:`~backprop.training.inputs.all_finite`)."""
     for name, p in named_params:
         g = raw_grad(p)
         if type(g) is LazyGrad:  # NOTE: folded into the update by a captured step, which checked its factors
             continue
-        if g is not None and not math.isfinite(float(g.sum())) and not np.isfinite(g).all():
+        if g is not None and not all_finite(np.asarray(g)):
             return name
     return None
 
