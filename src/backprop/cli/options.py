@@ -12,7 +12,11 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from backprop.data import load_dataset
 from backprop.engine.constraints import Interval, argtype
+
+EXIT_USAGE = 2  # bad options or bad data: one line on stderr
+EXIT_DIVERGED = 3  # training diverged: the last finite weights were saved
 
 
 class CLIError(Exception):
@@ -57,3 +61,25 @@ def layer_sizes(text: str) -> list[int]:
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
+
+
+def data_options(p: argparse.ArgumentParser) -> None:
+    """The options that name a data set, shared by ``train`` and ``evaluate``."""
+    p.add_argument("--dataset", default="digits",
+                   help="digits (bundled), mnist, fashion-mnist or csv:PATH (default: digits)")
+    p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST files (or set BACKPROP_DATA)")
+    p.add_argument("--label-column", help="CSV label column: a name or a 0-based index (default: 'label' or last)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def load_data(args: argparse.Namespace) -> Any:
+    """The data set the options name (a :class:`backprop.data.datasets.Dataset`)."""
+    kw: dict[str, Any] = {}
+    if args.label_column is not None:
+        if not args.dataset.startswith("csv:") and not args.dataset.endswith(".csv"):
+            raise CLIError("--label-column only applies to --dataset csv:PATH")
+        kw["label_column"] = int(args.label_column) if args.label_column.lstrip("-").isdigit() else args.label_column
+    try:
+        return load_dataset(args.dataset, data_dir=args.data_dir, **kw)
+    except FileNotFoundError as e:
+        raise CLIError(str(e).strip()) from e

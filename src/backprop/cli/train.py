@@ -1,0 +1,429 @@
+"""``backprop train``: train a network on a data set and write the model, its metrics and a plot.
+
+    backprop train                                   # an MLP on the bundled 8x8 digits, no download needed
+    backprop train --dataset mnist --hidden 800 --epochs 30 --lr 0.05
+    backprop train --resume runs/<stamp>             # continue an interrupted run, bit-identically
+
+>>> import argparse
+>>> sub = argparse.ArgumentParser().add_subparsers(dest="command")
+>>> add_parser(sub).parse_args(["--hidden", "32", "--epochs", "3"]).hidden
+[32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import backprop as bp
+from backprop import distributed
+from backprop import io as bio
+from backprop.cli import workers
+from backprop.cli.options import (
+    EXIT_DIVERGED,
+    CLIError,
+    data_options,
+    fraction,
+    layer_sizes,
+    load_data,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from backprop.io import TrainingCheckpoint, atomic_write
+from backprop.nn import models
+from backprop.optim import lr_scheduler as S
+from backprop.training import callbacks as cb
+from backprop.training.callbacks import Callback
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
+CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle", "plateau")
+DEFAULT_EPOCHS = 100
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers`` (the object ``add_subparsers`` returned)."""
+    t = subparsers.add_parser("train", help="train a network and save the model, metrics and plot",
+                       description="Train a network by mini-batch backpropagation.")
+    data_options(t)
+    t.add_argument("--hidden", type=layer_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    t.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
+    t.add_argument("--loss", choices=CLI_LOSSES, default="cross_entropy",
+                   help="cross_entropy (softmax output), nll, mse or quadratic (sigmoid outputs, Nielsen's cost)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd")
+    t.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
+    t.add_argument("--momentum", type=fraction, default=0.9, help="SGD/RMSprop momentum (default: 0.9)")
+    t.add_argument("--batch-size", type=positive_int, default=16, help="mini-batch size (default: 16)")
+    t.add_argument("--epochs", type=non_negative_int, default=None,
+                   help=f"passes over the data, in all (default: {DEFAULT_EPOCHS}; with --resume: the run's own, "
+                        "or more to extend it)")
+    t.add_argument("--validation-split", type=fraction, default=0.0,
+                   help="hold out this fraction of the training set for validation (default: 0)")
+    t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
+                   help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm); the last two need 28x28 images")
+    t.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
+    t.add_argument("--dropout", type=fraction, default=None,
+                   help="dropout probability after hidden layers (default: 0 for mlp/lenet5, 0.25 for cnn)")
+    t.add_argument("--label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (default: 0)")
+    t.add_argument("--clip-norm", type=positive_float, default=None, help="clip the global gradient norm to this")
+    t.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="learning-rate schedule: step (x0.1 at 1/3 and 2/3 of the epochs), cosine, exponential "
+                        "(x0.95 per epoch), onecycle (per iteration, peak --lr), plateau (x0.1 after 3 flat epochs)")
+    t.add_argument("--warmup", type=non_negative_int, default=0,
+                   help="epochs of linear learning-rate warm-up before the schedule (default: 0)")
+    t.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs and restore the best "
+                        "weights (uses --validation-split, 0.1 if not given)")
+    t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="write TensorBoard event files (default DIR: <out>/tensorboard)")
+    t.add_argument("--workers", type=positive_int, default=1,
+                   help="train data-parallel on N MPI processes (runs mpiexec -n N; needs the mpi extra); "
+                        "under mpiexec itself the ranks are found automatically")
+    t.add_argument("--sync-batchnorm", action="store_true",
+                   help="with several ranks: BatchNorm uses the statistics of the whole batch over all the ranks "
+                        "(as one process would) instead of each rank's shard")
+    t.add_argument("--no-jit", dest="jit", action="store_false",
+                   help="run every training step eagerly (default: the step is captured once and replayed, "
+                        "with the same results; see bp.jit)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for everything (default: 0)")
+    t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    t.add_argument("--quiet", action="store_true", help="print only the output folder")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help=f"continue the run in RUN_DIR from its {CHECKPOINT_FILE} (written every epoch) with its "
+                        "saved options, to its --epochs (or a larger --epochs); the result is bit-identical to an "
+                        "uninterrupted run")
+    return t
+
+
+def build_model(args: argparse.Namespace, n_features: int, n_classes: int):
+    """The network asked for on the command line (see ``backprop.nn.models``)."""
+
+    dropout = args.dropout if args.dropout is not None else (0.25 if args.model == "cnn" else 0.0)
+    if args.model == "mlp":
+        return models.mlp(n_features, args.hidden, n_classes, args.activation, dropout, args.loss)
+    return models.MODELS[args.model](n_features, n_classes, args.activation, dropout, args.loss)
+
+
+def build_optimizer(args: argparse.Namespace, params: list):
+
+    kw: dict[str, Any] = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if args.optimizer in ("sgd", "rmsprop"):
+        kw["momentum"] = args.momentum
+    return bp.optim.get(args.optimizer, params, **kw)
+
+
+def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) -> tuple[Any, str]:
+    """The learning-rate schedule and whether it steps per "epoch" or per "step" (iteration)."""
+
+    epochs = max(DEFAULT_EPOCHS if args.epochs is None else args.epochs, 1)
+    if args.scheduler == "onecycle":
+        if args.warmup:
+            raise CLIError("--warmup does not combine with --scheduler onecycle, which warms up by itself")
+        return S.OneCycleLR(opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch), "step"
+    rest = max(epochs - args.warmup, 1)
+    main: Any = None
+    if args.scheduler == "step":
+        main = S.MultiStepLR(opt, milestones=sorted({max(rest // 3, 1), max(2 * rest // 3, 2)}), gamma=0.1)
+    elif args.scheduler == "cosine":
+        main = S.CosineAnnealingLR(opt, T_max=rest)
+    elif args.scheduler == "exponential":
+        main = S.ExponentialLR(opt, gamma=0.95)
+    elif args.scheduler == "plateau":
+        if args.warmup:
+            raise CLIError("--warmup does not combine with --scheduler plateau")
+        return S.ReduceLROnPlateau(opt, factor=0.1, patience=3), "epoch"
+    if not args.warmup:
+        return main, "epoch"
+    warm = S.LinearLR(opt, start_factor=1.0 / (args.warmup + 1), end_factor=1.0, total_iters=args.warmup)
+    if main is None:
+        return warm, "epoch"
+    return S.SequentialLR(opt, [warm, main], milestones=[args.warmup]), "epoch"
+
+
+def _out_dir(out: str | None) -> Path:
+    if out:
+        path = Path(out)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / stamp
+        k = 1
+        while path.exists():
+            path = Path("runs") / f"{stamp}-{k}"
+            k += 1
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+
+    world = workers.world_size()
+    if args.workers > 1 and world == 1:
+        return workers.launch(args.workers)
+    resume = _resume_args(args) if args.resume else None
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
+    if args.label_smoothing and args.loss != "cross_entropy":
+        raise CLIError("--label-smoothing applies to --loss cross_entropy only")
+    root = True
+    if world > 1:  # started by mpiexec: data-parallel over the ranks; rank 0 alone prints and writes files
+
+        if args.batch_size % world:
+            raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
+        comm = distributed.init().comm
+        root = comm.Get_rank() == 0
+        table = distributed.rank_table(comm)  # fit prints it; --workers reads it to name a rank that died
+        if root and os.environ.get(workers.RANK_TABLE_ENV):
+            Path(os.environ[workers.RANK_TABLE_ENV]).write_text(json.dumps(table))
+        if not root:
+            args.quiet = True
+    ds = load_data(args)
+    out_dir = _out_dir(args.out) if root else None
+    if world > 1:
+        out_dir = Path(comm.bcast(str(out_dir), root=0))
+    bp.manual_seed(args.seed)
+    n_features, n_classes = int(np.prod(ds.x_train.shape[1:])), len(ds.classes)
+    model = build_model(args, n_features, n_classes)
+    opt = build_optimizer(args, list(model.parameters()))
+    validation_split = args.validation_split
+    if args.early_stopping and not validation_split:
+        validation_split = 0.1
+    steps = int(np.ceil(len(ds.x_train) * (1 - validation_split) / args.batch_size))
+    scheduler, interval = build_scheduler(args, opt, steps)
+    loss: Any = args.loss
+    if args.label_smoothing:
+        def loss(out, y, reduction="mean", _ls=args.label_smoothing):
+            return bp.nn.functional.cross_entropy(out, y, reduction=reduction, label_smoothing=_ls)
+
+    class TestMetrics(Callback):
+        """Loss and accuracy on the test split after every epoch, for the metrics file and the plot."""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            res = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss, check_finite=False)
+            logs["test_loss"], logs["test_accuracy"] = res["loss"], res["accuracy"]
+
+    callbacks: list[Any] = [TestMetrics()] if len(ds.x_test) else []
+    if args.early_stopping:
+        callbacks.insert(0, cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                             restore_best_weights=True, verbose=0 if args.quiet else 1))
+    if args.tensorboard is not None and root:
+        callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
+    if not args.quiet:
+        print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
+              f"{n_features} features, {n_classes} classes")
+        print(model)
+        extras = [f"momentum={args.momentum}"] if args.optimizer in ("sgd", "rmsprop") else []
+        extras += [f"weight_decay={args.weight_decay}"] if args.weight_decay else []
+        extras += [f"{args.scheduler} schedule"] if args.scheduler != "none" else []
+        extras += [f"{args.warmup} warm-up epochs"] if args.warmup else []
+        print(f"{args.optimizer} lr={args.lr}{' ' if extras else ''}{' '.join(extras)}, batch size {args.batch_size}: "
+              f"{steps} iterations per epoch, {args.epochs} epochs"
+              + (f", {validation_split:.0%} held out for validation" if validation_split else ""))
+
+
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume", "workers")}
+    saved_args["out"] = str(out_dir)
+    checkpoint = TrainingCheckpoint(out_dir / CHECKPOINT_FILE, extra={"cli_args": saved_args})
+    if resume is not None and not args.quiet:
+        remaining = args.epochs - resume.epoch
+        print(f"backprop: resuming {out_dir} after epoch {resume.epoch} of {args.epochs}: "
+              f"{remaining} epoch{'' if remaining == 1 else 's'} remain{'s' if remaining == 1 else ''}")
+        if args.early_stopping:
+            print("backprop: note: early stopping starts its patience count over (it is not in the checkpoint)")
+    stop = _StopOnSignal()
+    callbacks.append(stop)
+    t0 = time.perf_counter()
+    diverged: Exception | None = None
+    with stop.installed():
+        try:
+            history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
+                             epochs=args.epochs, validation_split=validation_split, seed=args.seed,
+                             callbacks=callbacks, scheduler=scheduler, scheduler_interval=interval,
+                             clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
+                             resume_from=resume, distributed=world > 1,
+                             sync_batchnorm=world > 1 and args.sync_batchnorm, jit=args.jit)
+        except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
+            diverged, history = e, e.history
+    seconds = time.perf_counter() - t0
+    if not root:
+        return 0
+    final = {}
+    if len(ds.x_test) and diverged is None:
+        final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
+
+
+    meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
+            "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
+            "test": final, "epochs": history.epochs, "iterations": history.iterations,
+            "seconds": round(seconds, 2), "args": saved_args}
+    model_path = out_dir / "model.safetensors"
+    bio.save(model, model_path, metadata=meta)
+    metrics_path = out_dir / "metrics.csv"
+    _write_metrics_csv(history, metrics_path)
+    plot_path = out_dir / "training.png"
+    shape = "-".join(map(str, [n_features, *args.hidden, n_classes])) if args.model == "mlp" else args.model
+    _plot(history, plot_path, title=f"{ds.name}: {shape}")
+    if args.quiet:
+        print(out_dir)
+    else:
+        if final:
+            print(f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f} "
+                  f"({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
+        print(f"wrote {model_path}, {metrics_path} and {plot_path}")
+    if diverged is not None:
+        print(f"backprop: error: training diverged: {diverged}; the last finite weights are in {model_path}",
+              file=sys.stderr)
+        return EXIT_DIVERGED
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        done = f"{history.epochs} complete epochs" if history.epochs != 1 else "1 complete epoch"
+        print(f"backprop: {name}: stopped after iteration {history.iterations}; the checkpoint in {out_dir} holds "
+              f"{done}. Continue with: backprop train --resume {out_dir}", file=sys.stderr)
+        return 128 + stop.signum
+    return 0
+
+
+class _StopOnSignal(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, then stop.
+
+    fit then returns History with ``interrupted=True``; the checkpoint of the last complete epoch stays the
+    one to resume from, which gives the same result as a run that was never interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signum = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+
+_RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir", "workers")  # what --resume lets the command line change
+
+
+def _defaults() -> dict[str, Any]:
+    """Every ``train`` option's default, as parsed from an empty command line."""
+    return vars(add_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+
+
+def _resume_args(args: argparse.Namespace) -> Any:
+    """``--resume RUN_DIR``: load the run's checkpoint, put its saved options into ``args``; the Checkpoint."""
+
+    run_dir = Path(args.resume)
+    path = run_dir / CHECKPOINT_FILE
+    if not run_dir.is_dir():
+        raise CLIError(f"--resume {run_dir}: no such run folder")
+    if not path.is_file():
+        raise CLIError(f"--resume {run_dir}: no {CHECKPOINT_FILE} in it, nothing to resume")
+    try:
+        ckpt = bio.load_checkpoint(path)
+    except ValueError as e:
+        raise CLIError(f"--resume {run_dir}: the checkpoint is corrupt or invalid: {e}") from None
+    saved = ckpt.extra.get("cli_args")
+    if not isinstance(saved, dict):
+        raise CLIError(f"--resume {run_dir}: {path} was not written by 'backprop train' (no saved options)")
+    defaults = _defaults()
+    for key, value in saved.items():
+        default = defaults.get(key, ...)
+        if default is ... or key in _RESUME_FREE and key not in ("epochs", "data_dir"):
+            raise CLIError(f"--resume {run_dir}: the checkpoint holds an unknown option {key!r}")
+        if default is not None and value is not None and type(value) is not type(default) \
+                and not (isinstance(default, float) and type(value) is int):
+            raise CLIError(f"--resume {run_dir}: the checkpoint's option {key!r} is {value!r}, "
+                           f"expected a {type(default).__name__}")
+    given = [k for k, v in vars(args).items()
+             if k not in _RESUME_FREE and v != defaults.get(k) and v != saved.get(k, defaults.get(k))]
+    if given:
+        raise CLIError(f"--resume continues a run with its saved options; only --epochs, --data-dir, --quiet and "
+                       f"--debug can be given with it (got --{given[0].replace('_', '-')})")
+    epochs, data_dir = args.epochs, args.data_dir
+    for key, value in saved.items():
+        setattr(args, key, value)
+    args.out = str(run_dir)
+    if data_dir is not None:
+        args.data_dir = data_dir
+    saved_epochs = saved.get("epochs", DEFAULT_EPOCHS)
+    if epochs is not None:
+        if epochs < ckpt.epoch:
+            raise CLIError(f"--epochs {epochs}: the run in {run_dir} has already trained {ckpt.epoch} epochs "
+                           "(--epochs counts them all)")
+        if epochs > saved_epochs and args.scheduler == "onecycle":
+            raise CLIError(f"--epochs {epochs}: a onecycle schedule cannot be extended past its "
+                           f"{saved_epochs} epochs")
+        args.epochs = epochs
+    elif ckpt.epoch > saved_epochs:
+        raise CLIError(f"--resume {run_dir}: the checkpoint is after epoch {ckpt.epoch} of {saved_epochs}")
+    return ckpt
+
+
+def _write_metrics_csv(history: Any, path: Path) -> None:
+
+    keys = list(history.history)
+    with atomic_write(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", *keys])
+        for i, epoch in enumerate(history.epoch):
+            w.writerow([epoch + 1, *(f"{history.history[k][i]:.6g}" for k in keys)])
+
+
+def _plot(history: Any, path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train and test side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    h = history.history
+    epochs = [e + 1 for e in history.epoch]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--"), ("test_", ":")):
+            key = prefix + metric
+            if key in h:
+                ax.plot(epochs, h[key], style, marker="o" if len(epochs) < 30 else None, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
