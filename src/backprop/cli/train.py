@@ -335,7 +335,7 @@ _RESUME_FREE = ("resume", "epochs", "quiet", "debug", "data_dir", "workers")  # 
 
 def _defaults() -> dict[str, Any]:
     """Every ``train`` option's default, as parsed from an empty command line."""
-    return vars(add_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+    return {"command": "train", **vars(add_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))}
 
 
 def _resume_args(args: argparse.Namespace) -> Any:
