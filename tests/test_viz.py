@@ -2,15 +2,17 @@
 
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 import backprop as bp
 from backprop import nn
-from backprop.viz import draw_graph, graph
+from backprop.viz import GraphvizNotFoundWarning, draw_graph, graph, to_dot
 
 HAS_DOT = shutil.which("dot") is not None
+RENDERED = graph.RENDERED_FORMATS
 
 
 def mlp_loss():
@@ -101,11 +103,19 @@ def test_deep_graph_does_not_recurse():
     assert src.count("->") == 2 * 3001
 
 
-def test_dot_file_is_the_returned_source(tmp_path):
+def test_dot_file_holds_the_source_and_its_path_is_returned(tmp_path):
     _, _, loss = mlp_loss()
     for name in ("g.dot", "g.gv", "noext"):
-        src = draw_graph(loss, tmp_path / name)
-        assert (tmp_path / name).read_text() == src
+        assert draw_graph(loss, tmp_path / name) == str(tmp_path / name)
+        assert (tmp_path / name).read_text() == to_dot(loss)
+
+
+def test_a_dot_file_never_needs_graphviz(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    _, _, loss = mlp_loss()
+    assert draw_graph(loss, tmp_path / "g.dot") == str(tmp_path / "g.dot")
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    assert not recwarn.list  # nothing to say: the DOT file is what was asked for
 
 
 def test_unknown_format_and_bad_arguments():
@@ -118,20 +128,61 @@ def test_unknown_format_and_bad_arguments():
         draw_graph(loss, params=[1, 2])
 
 
-def test_without_graphviz_rendering_says_what_to_do(tmp_path, monkeypatch):
+def without_graphviz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphviz's ``dot`` absent, as graph.py finds it (shutil.which); the subprocess must not even run."""
     monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph.subprocess, "run", lambda *a, **k: pytest.fail("dot was run"))
+
+
+@pytest.mark.parametrize("fmt", RENDERED)
+def test_without_graphviz_the_dot_file_is_written_and_the_warning_says_how_to_render(tmp_path, monkeypatch, fmt):
+    without_graphviz(monkeypatch)
+    model, _, loss = mlp_loss()
+    with pytest.warns(GraphvizNotFoundWarning) as caught:
+        written = draw_graph(loss, tmp_path / f"graph.{fmt}", params=model)
+    assert written == str(tmp_path / "graph.dot")
+    assert (tmp_path / "graph.dot").read_text() == to_dot(loss, model)
+    assert not (tmp_path / f"graph.{fmt}").exists()
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message  # one line
+    assert f"render it with: dot -T{fmt} {tmp_path / 'graph.dot'} -o {tmp_path / f'graph.{fmt}'}" in message
+    assert "install Graphviz: apt-get install graphviz, brew install graphviz" in message
+
+
+def test_without_graphviz_relative_paths_and_explicit_formats(tmp_path, monkeypatch):
+    without_graphviz(monkeypatch)
+    monkeypatch.chdir(tmp_path)
     _, _, loss = mlp_loss()
-    with pytest.raises(RuntimeError, match=r"install graphviz.*\.dot"):
-        draw_graph(loss, tmp_path / "g.png")
-    assert not (tmp_path / "g.png").exists()
-    assert draw_graph(loss, tmp_path / "g.dot").startswith("digraph")  # DOT needs no Graphviz
+    with pytest.warns(GraphvizNotFoundWarning, match=r"render it with: dot -Tsvg graph\.dot -o graph\.svg \("):
+        assert draw_graph(loss, "graph.svg") == "graph.dot"  # the README's call
+    with pytest.warns(GraphvizNotFoundWarning, match=r"dot -Tpng picture\.dot -o picture \("):
+        assert draw_graph(loss, "picture", format="png") == "picture.dot"
+    with pytest.warns(GraphvizNotFoundWarning, match=r"dot -Tsvg g\.dot\.dot -o g\.dot \("):
+        assert draw_graph(loss, "g.dot", format="svg") == "g.dot.dot"  # never the name it will be rendered to
+    with pytest.warns(GraphvizNotFoundWarning, match=r"-o 'my graph\.pdf'"):  # quoted for the shell
+        assert draw_graph(loss, "my graph.pdf") == "my graph.dot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot.dot", "graph.dot", "my graph.dot", "picture.dot"]
+
+
+def test_a_failing_dot_still_raises(tmp_path, monkeypatch):
+    monkeypatch.setattr(graph.shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(graph.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a[0], 1, b"", b"Error: syntax error"))
+    _, _, loss = mlp_loss()
+    with pytest.raises(RuntimeError, match="dot -Tsvg failed: Error: syntax error"):
+        draw_graph(loss, tmp_path / "g.svg")
+    assert not list(tmp_path.iterdir())
+
+
+def test_viz_is_reachable_from_a_bare_import_backprop():
+    assert bp.viz.draw_graph is draw_graph and bp.viz.GraphvizNotFoundWarning is GraphvizNotFoundWarning
 
 
 @pytest.mark.skipif(not HAS_DOT, reason="Graphviz's dot is not installed")
 def test_svg_and_png_are_rendered(tmp_path):
     model, _, loss = mlp_loss()
     loss.backward(retain_graph=True)
-    draw_graph(loss, tmp_path / "g.svg", params=model)
+    assert draw_graph(loss, tmp_path / "g.svg", params=model) == str(tmp_path / "g.svg")
     svg = (tmp_path / "g.svg").read_text()
     assert "<svg" in svg and "CrossEntropy" in svg and "0.weight" in svg
     draw_graph(loss, tmp_path / "g.png", params=model)

@@ -8,7 +8,16 @@ The layers, each importing only from those before it: ``engine`` (Tensor, the pr
 >>> x = bp.tensor([[1.0, 2.0]], requires_grad=True)
 >>> (x ** 2).sum().item()
 5.0
+
+``sklearn`` and ``viz`` are imported on first use (PEP 562), so ``import backprop`` stays fast and does not
+load scikit-learn, while ``bp.sklearn.MLPClassifier`` and ``bp.viz.draw_graph`` need no import of their own:
+
+>>> bp.viz.draw_graph.__name__, "sklearn" in dir(bp)
+('draw_graph', True)
 """
+
+import importlib
+from types import ModuleType
 
 from backprop import data, distributed, io, nn, onnx, optim, training
 from backprop.data import DataLoader, datasets
@@ -44,3 +53,24 @@ __all__ = [  # noqa: RUF022 - the engine's names first, then the rest
     "data", "datasets", "distributed", "evaluate", "fit", "get_rng", "io", "jit", "manual_seed", "nn", "onnx", "optim", "predict",
     "training",
 ]
+
+# NOTE: these subpackages are imported on first attribute access (PEP 562), not above: backprop.sklearn pulls
+# in scikit-learn (~1 s, and an optional extra), so `import backprop` would be slow or fail without it; yet
+# `bp.sklearn.MLPClassifier` and `backprop.viz.draw_graph(...)`, as the README writes them, must work after a
+# bare `import backprop`. They are left out of __all__, so `from backprop import *` imports neither. (io and
+# distributed stay eager: they register themselves with training's extension points when imported.)
+_LAZY_SUBPACKAGES = ("sklearn", "viz")
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``bp.sklearn`` / ``bp.viz``: import the subpackage on first access; any other name: AttributeError."""
+    if name in _LAZY_SUBPACKAGES:
+        # NOTE: importlib, not an import statement: the import machinery binds the submodule as an attribute
+        # of this package, so __getattr__ runs once per name.
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily imported subpackages, for tab completion."""
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))

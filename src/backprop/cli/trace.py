@@ -93,8 +93,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "--x=-0.5,0.1)")
     p.add_argument("--y", type=_samples, default=None, metavar="Y", help="the target, e.g. 0.01,0.99")
     p.add_argument("--precision", type=int_in(0, 15), default=6, help="digits after the decimal point (default: 6)")
-    # For tests and worked examples: {"W1": [[...]], "b1": [...] or a number, "W2": ..., "b2": ...}
-    p.add_argument("--weights-json", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--weights-json", default=None, metavar="FILE",
+                   help='start from these weights instead of random ones: a JSON object {"W1": [[...]], '
+                   '"b1": [...] or one number, "W2": ..., "b2": ...}, one W (out x in) and b per layer; with '
+                   "--hidden 2 and Matt Mazur's weights it reproduces his worked example")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 

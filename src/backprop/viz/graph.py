@@ -1,5 +1,8 @@
 """Draw the computational graph behind a tensor, as Graphviz DOT (and SVG/PNG/PDF when ``dot`` is installed).
 
+``draw_graph(loss, "graph.svg")`` renders with Graphviz's ``dot`` program; without it, it writes
+``graph.dot`` and warns with the one command that renders it (``dot -Tsvg graph.dot -o graph.svg``).
+
 >>> import backprop as bp
 >>> from backprop.viz import draw_graph
 >>> w = bp.tensor([[0.5, -1.0]], requires_grad=True)
@@ -23,8 +26,10 @@ intermediate tensor whose gradient was kept with ``retain_grad()``.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +41,11 @@ from backprop.nn.module import Parameter
 
 RENDERED_FORMATS = ("svg", "png", "pdf")
 DOT_SUFFIXES = ("dot", "gv")
+_INSTALL_GRAPHVIZ = "install Graphviz: apt-get install graphviz, brew install graphviz or conda install graphviz"
+
+
+class GraphvizNotFoundWarning(UserWarning):
+    """:func:`draw_graph` wrote a ``.dot`` file instead of SVG/PNG/PDF: Graphviz's ``dot`` is not installed."""
 
 _STYLE = {
     "root": 'shape=box, style="rounded,filled", fillcolor="#f4cccc"',
@@ -169,15 +179,30 @@ def draw_graph(
     format: str | None = None,
     params: Mapping[str, Tensor] | Any | None = None,
 ) -> str:
-    """Write the computational graph of ``tensor`` to ``path`` and return its Graphviz DOT source.
+    """Write the computational graph of ``tensor`` to ``path`` and return the path written.
 
     ``format`` is ``"dot"`` (also for ``.gv``), ``"svg"``, ``"png"`` or ``"pdf"``; by default it follows the
-    suffix of ``path`` (no suffix: DOT). The rendered formats run Graphviz's ``dot`` program and raise
-    RuntimeError when it is not installed. ``path=None`` writes nothing. ``params`` names the leaves: a dict
-    ``{name: tensor}`` or a Module (its ``named_parameters()``).
+    suffix of ``path`` (no suffix: DOT). The rendered formats run Graphviz's ``dot`` program; when it is not
+    installed the DOT file is written beside ``path`` instead (``graph.svg`` -> ``graph.dot``), a
+    :class:`GraphvizNotFoundWarning` says in one line how to render it (``dot -Tsvg graph.dot -o graph.svg``)
+    and how to install Graphviz, and that ``.dot`` path is returned. ``path=None`` writes nothing and returns
+    the DOT source (as :func:`to_dot`). ``params`` names the leaves: a dict ``{name: tensor}`` or a Module
+    (its ``named_parameters()``).
 
     Call it before ``backward()``, or after ``backward(retain_graph=True)`` to see the gradient norms:
     a plain ``backward()`` frees the graph, leaving only the last operation to draw.
+
+    >>> import os, tempfile, warnings
+    >>> import backprop as bp
+    >>> loss = (bp.tensor([1.0, 2.0], requires_grad=True) * 3.0).sum()
+    >>> folder = tempfile.mkdtemp()
+    >>> os.path.basename(draw_graph(loss, os.path.join(folder, "graph.dot")))
+    'graph.dot'
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", GraphvizNotFoundWarning)
+    ...     written = draw_graph(loss, os.path.join(folder, "graph.svg"))   # graph.dot without Graphviz
+    >>> os.path.basename(written) in ("graph.svg", "graph.dot") and os.path.exists(written)
+    True
     """
     source = to_dot(tensor, params)
     if path is None:
@@ -185,23 +210,32 @@ def draw_graph(
     path = os.fspath(path)
     fmt = (format or os.path.splitext(path)[1].lstrip(".") or "dot").lower()
     if fmt in DOT_SUFFIXES:
-
         write_text_atomic(path, source)
-        return source
+        return path
     if fmt not in RENDERED_FORMATS:
         raise ValueError(
             f"draw_graph: unknown format {fmt!r}; use one of {', '.join(DOT_SUFFIXES + RENDERED_FORMATS)}"
         )
     dot = shutil.which("dot")
     if dot is None:
-        raise RuntimeError(
-            f"draw_graph: writing {fmt.upper()} needs Graphviz's 'dot' program, which is not on PATH; "
-            "install graphviz (apt-get install graphviz, brew install graphviz, conda install graphviz) "
-            "or write a .dot file and render it elsewhere"
+        # NOTE: Graphviz is a system program, not a Python dependency, so its absence is common (pip cannot
+        # install it); rather than fail after the graph was built, write what needs no Graphviz (the DOT
+        # source, which is the whole drawing) and say in one line how to turn it into the requested picture.
+        dot_path = os.path.splitext(path)[0] + ".dot"
+        if os.path.abspath(dot_path) == os.path.abspath(path):  # "g.dot" asked for as SVG: keep both names apart
+            dot_path = path + ".dot"
+        write_text_atomic(dot_path, source)
+        warnings.warn(
+            f"draw_graph: Graphviz's 'dot' program is not on PATH, so wrote {dot_path} instead of {path}; "
+            f"render it with: dot -T{fmt} {shlex.quote(dot_path)} -o {shlex.quote(path)} "
+            f"({_INSTALL_GRAPHVIZ})",
+            GraphvizNotFoundWarning,
+            stacklevel=2,
         )
+        return dot_path
     proc = subprocess.run([dot, f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"draw_graph: dot -T{fmt} failed: {proc.stderr.decode(errors='replace').strip()}")
 
     write_bytes_atomic(path, proc.stdout)
-    return source
+    return path
