@@ -390,3 +390,76 @@ def test_cli_resume_errors(tmp_path):
     proc = cli("train", "--resume", empty, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "the checkpoint is corrupt or invalid" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- mid-epoch stops
+class StopAfter(bp.training.Callback):
+    """Ctrl-C as the command line delivers it: raised between two steps, after the ``at``-th one."""
+
+    def __init__(self, at):
+        self.at, self.steps = at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.at:
+            raise KeyboardInterrupt
+
+
+def fit_kw(model, steps_per_epoch=7, epochs=3):
+    opt = bp.optim.Adam(model.parameters(), lr=0.01)
+    sched = S.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * steps_per_epoch)
+    return dict(optimizer=opt, scheduler=sched, scheduler_interval="step", metrics=("accuracy", "macro_f1"),
+                batch_size=32, seed=3, verbose=0, validation_split=0.2, epochs=epochs)
+
+
+@pytest.mark.parametrize("at", [5, 7, 12], ids=["epoch1-middle", "epoch1-last-batch", "epoch2-middle"])
+def test_a_stop_mid_epoch_checkpoints_there_and_resumes_bit_identically(tmp_path, at):
+    x, y = data()
+    straight = mlp()
+    h_straight = bp.fit(straight, x, y, **fit_kw(straight))
+    assert h_straight.params["steps"] == 7
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    stopped = mlp()
+    h_stopped = bp.fit(stopped, x, y, checkpoint=ckpt, callbacks=[StopAfter(at)], **fit_kw(stopped))
+    assert h_stopped.interrupted and h_stopped.iterations == at
+    ck = bio.load_checkpoint(ckpt)
+    assert ck.iteration == at and ck.epoch == (at - 1) // 7
+    assert ck.extra["fit"]["progress"]["batches"] == at - 7 * ck.epoch
+    assert all(np.array_equal(ck.model_state_dict[k], v) for k, v in stopped.state_dict().items())
+
+    resumed = mlp()
+    h_resumed = bp.fit(resumed, x, y, resume_from=ckpt, checkpoint=ckpt, **fit_kw(resumed))
+    for k, v in straight.state_dict().items():
+        assert np.array_equal(resumed.state_dict()[k], v), k
+    assert h_resumed.history == h_straight.history  # the interrupted epoch's loss and metrics included
+    assert (h_resumed.iterations, h_resumed.samples_seen, h_resumed.epoch) == \
+        (h_straight.iterations, h_straight.samples_seen, h_straight.epoch)
+    assert "progress" not in bio.load_checkpoint(ckpt).extra["fit"]  # the end of training overwrote it
+
+
+def test_a_stop_inside_a_step_keeps_the_last_epochs_checkpoint(tmp_path):
+    x, y = data()
+    calls = {"n": 0}
+
+    def loss(out, target, reduction="mean"):
+        calls["n"] += 1
+        if calls["n"] == 10:  # the middle of a step: nothing there is a consistent state to save
+            raise KeyboardInterrupt
+        return bp.nn.functional.cross_entropy(out, target, reduction=reduction)
+
+    model = mlp()
+    ckpt = tmp_path / "ckpt.safetensors"
+    h = bp.fit(model, x, y, loss=loss, checkpoint=ckpt, jit=False, **fit_kw(model))
+    assert h.interrupted
+    ck = bio.load_checkpoint(ckpt)
+    assert ck.epoch == 1 and ck.iteration == 7 and "progress" not in ck.extra["fit"]
+
+
+def test_a_mid_epoch_checkpoint_needs_that_epoch_to_be_trained(tmp_path):
+    x, y = data()
+    model = mlp()
+    ckpt = tmp_path / "ckpt.safetensors"
+    bp.fit(model, x, y, checkpoint=ckpt, callbacks=[StopAfter(9)], **fit_kw(model))
+    with pytest.raises(ValueError, match="middle of epoch 2, after epochs=1"):
+        bp.fit(mlp(), x, y, resume_from=ckpt, **{**fit_kw(model), "epochs": 1})

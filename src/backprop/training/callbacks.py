@@ -76,6 +76,10 @@ class Callback:
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
 
+    def on_train_interrupted(self, progress: Any) -> None:
+        """Ctrl-C stopped training; ``progress`` is where the epoch stood (a
+        :class:`~backprop.training.loop.EpochProgress`), or None when it stopped inside a step or an epoch's end."""
+
 
 class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""

@@ -134,7 +134,11 @@ def fit(
     ``checkpoint``: a path (``str.format`` fields ``{epoch}`` and log keys allowed) or a
     :class:`~backprop.io.TrainingCheckpoint` (or any object with a ``filepath``, e.g. a ``ModelCheckpoint``)
     where a training checkpoint (:mod:`backprop.io.checkpoint`: weights, optimizer and scheduler states,
-    random generator states, counters, History) is written atomically at the end of every epoch.
+    random generator states, counters, History) is written atomically at the end of every epoch, and
+    when Ctrl-C stops training between two steps (a KeyboardInterrupt raised by a callback's
+    ``on_train_batch_end``, as the command line does), at that point of the epoch, with the epoch's running
+    sums, so that nothing trained is lost (not under data parallelism, nor with a metric that cannot save its
+    state; a path with log-key fields keeps its last epoch's file).
     ``resume_from``: such a checkpoint (a path or a loaded :class:`~backprop.io.Checkpoint`) to continue
     from; ``epochs`` stays the TOTAL number of epochs (Keras's ``initial_epoch``): resuming a run saved
     after 2 of 4 epochs trains epochs 3 and 4, and the weights, History and everything else are then
@@ -202,7 +206,10 @@ def fit(
     callbacks, schedule = _callbacks(callbacks, opt, scheduler, scheduler_interval, mpi, comm,
                                      exact=checkpoint is not None or resume is not None)
     saver = checkpoint_target(checkpoint) if checkpoint is not None else None
-    start_epoch = restore(resume, model, opt, schedule, data.loader) if resume is not None else 0
+    start_epoch, progress = restore(resume, model, opt, schedule, data.loader) if resume is not None else (0, None)
+    if progress is not None and mpi is not None:
+        raise ValueError("fit: resume_from holds a checkpoint written in the middle of an epoch by one process; "
+                         "resume it in one process (distributed=False), or from an epoch's end")
 
     train_step = step(model, opt, loss, weighted=weights is not None, clip_norm=clip_norm, clip_value=clip_value,
                       check_finite=check_finite)
@@ -214,14 +221,15 @@ def fit(
     if saver is not None or resume is not None:
         record = {"seed": seed, "seed_entropy": str(root.entropy), "epochs": epochs, "batch_size": batch_size,
                   "shuffle": bool(shuffle), "validation_split": float(validation_split), "samples": n_samples}
+        # NOTE: mid-epoch checkpoints hold one process's metric sums: not under data parallelism
         after.append(Checkpointing(saver, resume, opt, schedule, history, data.loader, record,
-                                   write=train_step.is_root))
+                                   write=train_step.is_root, mid_epoch=mpi is None))
     after.append(DivergenceGuard(history))
     callback_list = CallbackList(callbacks, history=history, add_progbar=verbose if train_step.is_root else 0,
                                  after=after, model=model, optimizer=opt, params=history.params)
     loop = Loop(train_step, data, epochs=epochs, callbacks=callback_list, metrics=metric_list,
                 validate=validate_epoch, record_lr=any(isinstance(cb, LearningRateScheduler) for cb in callbacks),
-                start_epoch=start_epoch, verbose=verbose)
+                start_epoch=start_epoch, progress=progress, verbose=verbose)
     return loop.run()
 
 

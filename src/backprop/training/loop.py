@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -352,6 +353,31 @@ def _overrides(cb: Callback, hook: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ loop
+@dataclass
+class EpochProgress:
+    """Where an interrupted epoch stood, at a batch boundary: what a mid-epoch checkpoint adds to an epoch's.
+
+    ``epoch``: the 0-based epoch in progress; ``batches``: how many of its batches were trained (their
+    updates applied); the running sums of the epoch's loss (``total_loss``, ``loss_weight``, ``seen``) and
+    each metric's :meth:`~backprop.training.metrics.Metric.state_dict`. With the loader's generator as it was
+    at the epoch's start, the same permutation is drawn again and the first ``batches`` batches are skipped.
+    """
+
+    epoch: int
+    batches: int
+    total_loss: float
+    loss_weight: float
+    seen: int
+    metrics: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EpochProgress:
+        return cls(**data)
+
+
 class Loop:
     """Run ``epochs`` epochs of ``step`` over ``data`` with ``callbacks``; return the History.
 
@@ -365,16 +391,25 @@ class Loop:
         metrics: Metric objects updated with every step's outputs, reset every epoch.
         validate: ``() -> {"loss": ..., ...}``, called at every epoch's end; logged as ``val_*``.
         record_lr: log the optimizer's learning rate at every epoch's end (as ``lr``).
+        start_epoch, progress: a resumed run starts at epoch ``start_epoch``; with an :class:`EpochProgress`
+            of that epoch, in its middle (the batches it trained are skipped, its running sums restored).
         verbose: say so on stderr when Ctrl-C interrupts training.
 
-    Ctrl-C stops after the current step (``history.interrupted``); a diverging loss raises
-    :class:`TrainingDiverged` with ``err.history``; ``on_train_end`` runs however training ends.
+    Ctrl-C (a KeyboardInterrupt) stops training (``history.interrupted``); raised by a callback's
+    ``on_train_batch_end`` (as the command line's signal handler does), it stops at a batch boundary, and
+    the callbacks' ``on_train_interrupted`` get the :class:`EpochProgress` to checkpoint. A diverging loss
+    raises :class:`TrainingDiverged` with ``err.history``; ``on_train_end`` runs however training ends.
     """
 
     def __init__(self, step: Any, data: Iterable[Batch], *, epochs: int, callbacks: CallbackList | None = None,
                  metrics: Sequence[Any] = (), validate: Callable[[], dict[str, float]] | None = None,
-                 record_lr: bool = False, start_epoch: int = 0, verbose: int = 0) -> None:
+                 record_lr: bool = False, start_epoch: int = 0, progress: EpochProgress | None = None,
+                 verbose: int = 0) -> None:
         self.step, self.data, self.epochs, self.start_epoch = step, data, epochs, start_epoch
+        if progress is not None and progress.epoch != start_epoch:
+            raise ValueError(f"Loop: the progress is in epoch {progress.epoch + 1}, but training starts with "
+                             f"epoch {start_epoch + 1}")
+        self.resume_progress, self.progress = progress, None
         if callbacks is None:
             callbacks = CallbackList(model=step.model, optimizer=getattr(step, "optimizer", None))
         self.callbacks, self.metrics, self.validate = callbacks, list(metrics), validate
@@ -399,6 +434,8 @@ class Loop:
             except KeyboardInterrupt:
                 history.interrupted = True
                 callbacks.close()
+                for cb in callbacks:
+                    cb.on_train_interrupted(self.progress)
                 if self.verbose and self.step.is_root:
                     print("training interrupted: returning the history so far", file=sys.stderr)
             except TrainingDiverged as err:
@@ -423,31 +460,51 @@ class Loop:
             m.reset()
         begin, end = callbacks.batch_begin, callbacks.batch_end
         history, train_step = self.history, step.train_step
-        for i, batch in enumerate(self.data):
-            for cb in begin:
-                cb.on_train_batch_begin(i, {})
-            try:
-                loss, size, weight, outputs, targets, applied = train_step(batch)
-            except NonFiniteGradient as err:
-                raise self._diverged_gradient(err, epoch, i) from None
-            logs = {"loss": loss, "size": size}
-            if not applied:  # a NaN/inf loss: no update was made; the callbacks decide (DivergenceGuard)
+        skip, resumed = 0, self.resume_progress
+        if resumed is not None:  # a run resumed mid-epoch: this epoch's first batches are trained already
+            self.resume_progress = None
+            skip, total_loss, loss_weight, seen = resumed.batches, resumed.total_loss, resumed.loss_weight, resumed.seen
+            for m, state in zip(metrics, resumed.metrics, strict=True):
+                m.load_state_dict(state)
+        # NOTE: `done` batches are complete (update and bookkeeping); only a stop between steps (`between`)
+        # leaves the weights, the optimizer and the counters consistent with it
+        done, between = 0, True
+        try:
+            for i, batch in enumerate(self.data):
+                if i < skip:  # NOTE: the permutation is drawn again from the saved state, then walked past
+                    done = i + 1
+                    continue
+                for cb in begin:
+                    cb.on_train_batch_begin(i, {})
+                between = False
+                try:
+                    loss, size, weight, outputs, targets, applied = train_step(batch)
+                except NonFiniteGradient as err:
+                    raise self._diverged_gradient(err, epoch, i) from None
+                logs = {"loss": loss, "size": size}
+                if not applied:  # a NaN/inf loss: no update was made; the callbacks decide (DivergenceGuard)
+                    for cb in end:
+                        cb.on_train_batch_end(i, logs)
+                    history.terminated_on_nan, nan_loss = True, loss
+                    break
+                total_loss += loss * weight
+                loss_weight += weight
+                seen += size
+                history.iterations += 1
+                history.samples_seen += size
+                if metrics and outputs is not None and len(outputs):
+                    for m in metrics:
+                        m.update(outputs, targets)
+                done, between = i + 1, True
                 for cb in end:
                     cb.on_train_batch_end(i, logs)
-                history.terminated_on_nan, nan_loss = True, loss
-                break
-            total_loss += loss * weight
-            loss_weight += weight
-            seen += size
-            history.iterations += 1
-            history.samples_seen += size
-            if metrics and outputs is not None and len(outputs):
-                for m in metrics:
-                    m.update(outputs, targets)
-            for cb in end:
-                cb.on_train_batch_end(i, logs)
-            if model.stop_training:
-                break
+                if model.stop_training:
+                    break
+        except KeyboardInterrupt:
+            states = [m.state_dict() for m in metrics]
+            if between and all(state is not None for state in states):
+                self.progress = EpochProgress(epoch, done, total_loss, loss_weight, seen, states)
+            raise
         step.reduce_metrics(metrics)
         if nan_loss is not None:
             logs = {"loss": nan_loss}

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop.extras import require
 from backprop.training import extensions
 
 __all__ = [
@@ -226,9 +227,11 @@ def plot_confusion_matrix(cm: Any, path: str | os.PathLike[str], class_names: Se
     """Draw ``cm`` (rows: true class, columns: predicted) as a PNG at ``path``, written atomically.
 
     ``normalize=True`` shows each row as fractions of the true class. Uses matplotlib's Agg renderer
-    without pyplot (no window, no global figure state).
+    without pyplot (no window, no global figure state); matplotlib is the ``plot`` extra
+    (``pip install "backprop[plot]"``), imported at the first call.
     """
-    from matplotlib.figure import Figure
+    # NOTE: imported here, not at the top: matplotlib is optional (the plot extra) and slow to import.
+    Figure = require("matplotlib.figure", needed_by="plot_confusion_matrix").Figure
 
     atomic_write = extensions.get("io").atomic_write
     cm = np.asarray(cm)
@@ -261,9 +264,37 @@ def plot_confusion_matrix(cm: Any, path: str | os.PathLike[str], class_names: Se
 
 # ----------------------------------------------------------------------------- streaming metrics for fit
 class Metric:
-    """A metric accumulated over batches: ``reset()``, ``update(outputs, y)`` per batch, ``result()``."""
+    """A metric accumulated over batches: ``reset()``, ``update(outputs, y)`` per batch, ``result()``.
+
+    ``state_names`` lists the attributes that hold the running state: :meth:`state_dict` saves them (as
+    JSON, exactly) so that a run interrupted mid-epoch resumes with the same epoch result. A metric that
+    names none cannot be saved mid-epoch (its run then resumes from the last complete epoch).
+    """
 
     name: str = "metric"
+    state_names: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The running state as JSON-able values (arrays as dtype, shape and values), or None if unknown."""
+        if not self.state_names:
+            return None
+        state: dict[str, Any] = {}
+        for key in self.state_names:
+            value = getattr(self, key)
+            if isinstance(value, np.ndarray):
+                value = {"dtype": str(value.dtype), "shape": list(value.shape), "values": value.ravel().tolist()}
+            state[key] = value.item() if isinstance(value, np.generic) else value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned."""
+        if set(state) != set(self.state_names):
+            raise ValueError(f"metric {self.name!r}: the saved state has {sorted(state)}, expected "
+                             f"{sorted(self.state_names)}")
+        for key, value in state.items():
+            if isinstance(value, dict):
+                value = np.asarray(value["values"], dtype=value["dtype"]).reshape(value["shape"])
+            setattr(self, key, value)
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -277,6 +308,8 @@ class Metric:
 
 class MeanMetric(Metric):
     """A function ``(outputs, y) -> float`` averaged over the samples of every batch."""
+
+    state_names = ("total", "count")
 
     def __init__(self, fn: Callable[[np.ndarray, np.ndarray], float], name: str) -> None:
         self.fn, self.name = fn, name
@@ -295,6 +328,8 @@ class MeanMetric(Metric):
 
 
 class _Accuracy(Metric):
+    state_names = ("hits", "count")
+
     def __init__(self, k: int | None = None, name: str = "accuracy") -> None:
         self.k, self.name = k, name
         self.reset()
@@ -312,6 +347,8 @@ class _Accuracy(Metric):
 
 class _ConfusionScore(Metric):
     """Precision, recall or F1 from a confusion matrix accumulated over every batch."""
+
+    state_names = ("cm",)
 
     def __init__(self, average: str, score: str) -> None:
         self.average, self.score, self.name = average, score, f"{average}_{score}"

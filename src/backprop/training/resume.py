@@ -25,6 +25,7 @@ from backprop.engine.random import get_rng
 from backprop.nn.module import Module
 from backprop.training import extensions
 from backprop.training.callbacks import Callback
+from backprop.training.loop import EpochProgress
 
 __all__ = ["Checkpointing", "check_resume", "checkpoint_target", "environment", "restore"]
 
@@ -58,6 +59,9 @@ def check_resume(resume: Any, seed: int | None, epochs: int, batch_size: int, sh
         what = "samples" if any(w.startswith("samples") for w in wrong) else "settings"
         raise ValueError(f"{where} was trained with other {what}: " + ", ".join(wrong)
                          + "; resuming exactly needs the same data, batch_size, shuffle, validation_split and seed")
+    progress = record.get("progress")
+    if progress is not None and resume.epoch >= epochs:
+        raise ValueError(f"{where} stopped in the middle of epoch {resume.epoch + 1}, after epochs={epochs}")
     env = record.get("environment")
     if env is not None and env != environment():
         warnings.warn(f"{where} was written with another NumPy/BLAS configuration ({env}); the resumed run "
@@ -65,15 +69,17 @@ def check_resume(resume: Any, seed: int | None, epochs: int, batch_size: int, sh
     return given["seed"]
 
 
-def restore(resume: Any, model: Module, opt: Any, schedule: Any, loader: DataLoader) -> int:
-    """Load the checkpoint's states (all checked before any is changed); the epoch to continue with."""
+def restore(resume: Any, model: Module, opt: Any, schedule: Any, loader: DataLoader) -> tuple[int, Any]:
+    """Load the checkpoint's states (all checked before any is changed); the epoch to continue with and,
+    for a checkpoint written mid-epoch, where in it (an :class:`~backprop.training.loop.EpochProgress`)."""
     for name, gen in (("global", get_rng()), ("loader", loader.rng)):
         kind = type(gen.bit_generator).__name__
         if resume.rng_states[name]["bit_generator"] != kind:
             raise ValueError(f"fit: resume_from: the saved {name!r} generator is a "
                              f"{resume.rng_states[name]['bit_generator']}, this one a {kind}")
     resume.restore(model, opt, schedule)
-    return resume.epoch
+    progress = (resume.extra.get("fit") or {}).get("progress")
+    return resume.epoch, None if progress is None else EpochProgress.from_json(progress)
 
 
 _env_cache: dict[str, Any] = {}
@@ -110,31 +116,49 @@ class Checkpointing(Callback):
     """
 
     def __init__(self, saver: Any, resume: Any, optimizer: Any, schedule: Any, history: Any, loader: DataLoader,
-                 record: dict[str, Any] | None, write: bool = True) -> None:
+                 record: dict[str, Any] | None, write: bool = True, mid_epoch: bool = True) -> None:
         self.saver, self.resume, self.optimizer, self.schedule = saver, resume, optimizer, schedule
         self.history, self.loader, self.record, self.write = history, loader, record, write
+        self.mid_epoch, self.epoch_start = mid_epoch, None
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         if self.resume is not None:
             get_rng().bit_generator.state = self.resume.rng_states["global"]
             self.loader.rng.bit_generator.state = self.resume.rng_states["loader"]
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """Keep the loader's state before the epoch's permutation is drawn: a mid-epoch checkpoint needs it."""
+        if self.saver is not None and self.write and self.mid_epoch:
+            self.epoch_start = self.loader.rng.bit_generator.state
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """The state the next epoch starts from (its permutation not drawn yet)."""
-        if self.saver is None or not self.write:
-            return
-        bio, logs = extensions.get("io"), logs or {}
+        if self.saver is not None and self.write:
+            self._save(epoch + 1, logs or {}, self.loader.rng, None)
+
+    def on_train_interrupted(self, progress: Any) -> None:
+        """Stopped between two steps of an epoch: a checkpoint of that point, which resumes bit-identically."""
+        if progress is not None and self.saver is not None and self.write and self.epoch_start is not None:
+            self._save(progress.epoch, {}, self.epoch_start, progress.to_json())
+
+    def _save(self, epoch: int, logs: dict[str, float], loader_state: Any, progress: dict[str, Any] | None) -> None:
+        bio = extensions.get("io")
         path = os.fspath(self.saver.filepath)
         if "{" in path:
             try:
-                path = path.format(epoch=epoch + 1, **logs)
+                path = path.format(epoch=epoch, **logs)
             except (KeyError, IndexError) as e:
+                if progress is not None:  # NOTE: a path named after epoch-end logs: keep the last epoch's file
+                    return
                 raise ValueError(f"fit: checkpoint path {path!r} uses the field {e}, which is not among epoch, "
                                  f"{', '.join(logs)}") from None
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        extra = {**dict(getattr(self.saver, "extra", None) or {}), "fit": {**self.record, "environment": environment()}}
-        bio.save_checkpoint(path, self.model, self.optimizer, self.schedule, epoch=epoch + 1,
-                            iteration=self.history.iterations, rng_states={"global": get_rng(), "loader": self.loader.rng},
+        record = {**self.record, "environment": environment()}
+        if progress is not None:
+            record["progress"] = progress
+        extra = {**dict(getattr(self.saver, "extra", None) or {}), "fit": record}
+        bio.save_checkpoint(path, self.model, self.optimizer, self.schedule, epoch=epoch,
+                            iteration=self.history.iterations, rng_states={"global": get_rng(), "loader": loader_state},
                             history=self.history, extra=extra)
         if hasattr(self.saver, "last_saved"):
             self.saver.last_saved = path
