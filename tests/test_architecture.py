@@ -3,7 +3,7 @@
 Every ``import`` and ``from ... import`` statement in ``src/backprop`` is read with ``ast``, function-local
 ones included, and resolved to the backprop module it loads. The layers, lowest first::
 
-    engine <- nn <- optim <- data <- training <- io <- distributed / onnx / sklearn / viz <- backprop <- cli
+    extras <- engine <- nn <- optim <- data <- training <- io <- distributed / onnx / sklearn / viz <- backprop <- cli
 
 A module may import from its own layer and those below; the package's ``__init__`` (``backprop``, the public
 API that re-exports the layers) sits below the command line, which is its client, and ``__main__`` on top. Function-local imports are kept for optional or heavy third-party
@@ -22,7 +22,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "backprop"
 
-LAYERS = {"engine": 0, "nn": 1, "optim": 2, "data": 3, "training": 4, "io": 5,
+LAYERS = {"extras": -1, "engine": 0, "nn": 1, "optim": 2, "data": 3, "training": 4, "io": 5,
           "distributed": 6, "onnx": 6, "sklearn": 6, "viz": 6, "cli": 8, "__main__": 9}
 HUB = 7  # backprop/__init__.py
 

@@ -22,7 +22,7 @@ written atomically: an existing file is replaced only by a complete, checked exp
 Any other layer (a custom Module without an ``onnx`` method, say) raises ValueError naming its position in
 the model and its class.
 
-Needs the ``onnx`` package (``pip install onnx onnxruntime``).
+Needs the ``onnx`` package (the extra ``pip install "backprop[onnx]"``, which brings onnxruntime too).
 
 >>> import backprop.onnx
 >>> "Linear" in backprop.onnx.supported_layers() and "ModuleList" not in backprop.onnx.supported_layers()
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from backprop.engine.tensor import Tensor, no_grad
+from backprop.extras import MissingExtra, require
 from backprop.io.atomic import write_bytes_atomic
 from backprop.nn.contract import NotExportable, onnx_decision
 from backprop.nn.module import Module
@@ -54,11 +55,8 @@ class ExportCheckError(ValueError):
 
 
 def _need_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("backprop.onnx needs the onnx package: pip install onnx onnxruntime") from None
-    return onnx
+    """The onnx module, or :class:`~backprop.extras.MissingExtra` naming ``pip install "backprop[onnx]"``."""
+    return require("onnx", needed_by="backprop.onnx")
 
 
 # ------------------------------------------------------------------------------------------ the graph
@@ -329,8 +327,8 @@ def _build(onnx: Any, model: Module, x: np.ndarray, dtype: np.dtype, opset: int,
 
 def _check_with_onnxruntime(data: bytes, x: np.ndarray, expected: np.ndarray, input_name: str) -> None:
     try:
-        import onnxruntime as ort
-    except ImportError:
+        ort = require("onnxruntime")
+    except MissingExtra:  # NOTE: optional even within the extra: without it onnx.checker alone checks
         return
     options = ort.SessionOptions()
     options.log_severity_level = 3

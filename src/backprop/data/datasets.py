@@ -4,7 +4,8 @@ Per-dataset loaders return Keras-style tuples ``((x_train, y_train), (x_test, y_
 
 * :func:`load_mnist`, :func:`load_fashion_mnist`: the official 60000/10000 split of the
   28x28 IDX images, pixels scaled to [0, 1], flattened to (N, 784) by default.
-* :func:`load_digits`: scikit-learn's bundled 8x8 digits (no download), (N, 64) in [0, 1].
+* :func:`load_digits`: the 8x8 UCI digits bundled with backprop (no download, no scikit-learn),
+  (N, 64) in [0, 1].
 
 :func:`load_csv` and :func:`load_dataset` (the single entry point of the CLI) return a
 :class:`Dataset`, which also carries the class labels and their names. Labels are always
@@ -30,6 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -362,28 +364,37 @@ def _read_split(images_path: Path, labels_path: Path, flatten: bool) -> tuple[np
 
 
 def load_digits(test_size: float = 0.2, seed: int | None = 0) -> Split:
-    """scikit-learn's bundled 8x8 digits (1797 samples, no download), stratified train/test split.
+    """The 8x8 handwritten digits bundled with backprop (1797 samples, no download), stratified split.
 
     x is float32 in [0, 1] of shape (N, 64) (the 0..16 counts divided by 16); y is int64 in 0..9.
-    ``test_size`` is a fraction in [0, 1) or a sample count; ``seed`` fixes the split.
+    ``test_size`` is a fraction in [0, 1) or a sample count; ``seed`` fixes the split, which is the one
+    scikit-learn's ``train_test_split(..., stratify=y, random_state=seed)`` makes (see :func:`_split`).
+
+    The data: the test set of the UCI "Optical Recognition of Handwritten Digits" (E. Alpaydin and
+    C. Kaynak, 1998, https://doi.org/10.24432/C50P49, CC BY 4.0), as scikit-learn distributes it
+    (``sklearn.datasets.load_digits``), in the same order, shipped in the package as ``digits.npz``
+    (45 KB; ``DIGITS_NOTICE.txt`` beside it says where it comes from).
 
     Example:
         >>> (x_train, y_train), (x_test, y_test) = load_digits()
         >>> x_train.shape, x_test.shape, x_train.dtype, float(x_train.max())
         ((1437, 64), (360, 64), dtype('float32'), 1.0)
     """
-    # NOTE: imported here, not at the top: sklearn.datasets takes ~1 s to import and
-    # only this loader needs it.
-    from sklearn.datasets import load_digits as sklearn_load_digits
-
-    bunch = sklearn_load_digits()
-    x = bunch.data.astype(np.float32) / np.float32(16.0)
-    y = bunch.target.astype(np.int64)
+    # NOTE: package data, not scikit-learn's copy: the core install has no scikit-learn (an extra).
+    with resources.files(__package__).joinpath("digits.npz").open("rb") as f, np.load(f) as npz:
+        data, target = npz["data"], npz["target"]
+    x = data.astype(np.float32) / np.float32(16.0)
+    y = target.astype(np.int64)
     return _split(x, y, test_size, seed)
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int | None) -> Split:
-    """Seeded train/test split, stratified by class whenever every class can be in both parts."""
+    """Seeded train/test split, stratified by class whenever every class can be in both parts.
+
+    The split is scikit-learn's ``train_test_split(x, y, test_size=n_test, random_state=seed,
+    stratify=y or None)``, sample for sample (a test checks it against scikit-learn when installed), so
+    every figure measured on it before scikit-learn became optional still holds.
+    """
     n = len(x)
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)):
         raise TypeError(f"test_size must be a fraction or a sample count, got {test_size!r}")
@@ -403,17 +414,75 @@ def _split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int | None) -> 
     if n_test == 0:
         return (x, y), (x[:0], y[:0])
 
-    from sklearn.model_selection import train_test_split
-
     counts = np.bincount(y)
     n_classes = int(np.count_nonzero(counts))
     # NOTE: stratifying needs >= 2 samples per class and room for every class on both
     # sides; tiny CSV files may not allow it, and then the split is only shuffled.
     can_stratify = counts[counts > 0].min() >= 2 and min(n_test, n - n_test) >= n_classes
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=n_test, random_state=seed, stratify=y if can_stratify else None
-    )
-    return (x_train, y_train), (x_test, y_test)
+    rng = _random_state(seed)
+    if can_stratify:
+        train, test = _stratified_indices(y, n - n_test, n_test, rng)
+    else:  # scikit-learn's ShuffleSplit
+        permutation = rng.permutation(n)
+        train, test = permutation[n_test:], permutation[:n_test]
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def _random_state(seed: int | None) -> np.random.RandomState:
+    """sklearn.utils.check_random_state: a RandomState seeded with ``seed``, or NumPy's global one for None."""
+    # NOTE: the legacy RandomState, not a Generator: its streams are frozen (NEP 19), which is what keeps the
+    # split equal to scikit-learn's on every NumPy version. seed=None draws from the global RandomState as
+    # scikit-learn does, so np.random.seed() governs it in both.
+    if seed is None:
+        return np.random.mtrand._rand
+    return np.random.RandomState(seed)
+
+
+def _stratified_indices(
+    y: np.ndarray, n_train: int, n_test: int, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices as scikit-learn's StratifiedShuffleSplit draws its first split.
+
+    Each class gets its share of the train and the test rows (:func:`_approximate_mode`), its rows
+    are shuffled and dealt to train then test, and each part is shuffled again, drawing from ``rng`` in
+    scikit-learn's order (sklearn.model_selection._split.StratifiedShuffleSplit._iter_indices, 1.6-1.9).
+    """
+    classes, y_indices = np.unique(y, return_inverse=True)
+    class_counts = np.bincount(y_indices)
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(classes)):
+        permutation = rng.permutation(class_counts[i])
+        rows = class_indices[i].take(permutation, mode="clip")
+        train.extend(rows[: n_i[i]])
+        test.extend(rows[n_i[i]: n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``n_draws`` rows each class gets: its proportional share, floored, the rest going to the
+    largest remainders (ties broken at random), as sklearn.utils._approximate_mode.
+
+    >>> _approximate_mode(np.array([4, 4]), 4, np.random.RandomState(0)).tolist()
+    [2, 2]
+    """
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 # --------------------------------------------------------------------------- CSV

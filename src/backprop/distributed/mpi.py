@@ -14,23 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from backprop.extras import available, require
+
 
 def is_available() -> bool:
-    """True if mpi4py imports and its MPI library loads."""
-    try:
-        from mpi4py import MPI  # noqa: F401
-    except (ImportError, RuntimeError, OSError):  # RuntimeError/OSError: libmpi missing
-        return False
-    return True
+    """True if mpi4py imports and its MPI library loads (a missing libmpi is mpi4py's RuntimeError/OSError)."""
+    return available("mpi4py.MPI")
 
 
 def _mpi() -> Any:
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise ImportError("backprop.distributed needs mpi4py and an MPI library: "
-                          "pip install 'backprop[mpi]' (mpi4py and mpich)") from e
-    return MPI
+    """mpi4py.MPI, or :class:`~backprop.extras.MissingExtra` naming ``pip install "backprop[mpi]"``."""
+    return require("mpi4py.MPI", needed_by="backprop.distributed")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """TensorBoard event files without TensorFlow or PyTorch: scalars and histograms.
 
-Uses only the ``tensorboard`` package (``pip install tensorboard``): its protocol buffers
+Uses only the ``tensorboard`` package (the extra ``pip install "backprop[tensorboard]"``): its protocol buffers
 (``Event``, ``Summary``, ``HistogramProto``) and its ``EventFileWriter`` (TFRecord files with CRCs, written
 by a background thread). ``tensorboard --logdir <dir>`` and
 ``tensorboard.backend.event_processing.event_accumulator.EventAccumulator`` read what it writes.
@@ -20,27 +20,25 @@ from typing import Any
 
 import numpy as np
 
+from backprop.extras import available, require
+
 __all__ = ["SummaryWriter", "histogram_proto", "require_tensorboard", "tensorboard_available"]
 
-_INSTALL = "the TensorBoard callback needs the tensorboard package: pip install tensorboard"
+_NEEDED_BY = "the TensorBoard callback"
+# NOTE: the modules the writer uses, not just `tensorboard`: an old or partial install lacks one of these
+_MODULES = ("tensorboard.compat.proto.event_pb2", "tensorboard.compat.proto.summary_pb2",
+            "tensorboard.summary.writer.event_file_writer")
 
 
 def tensorboard_available() -> bool:
     """True when the ``tensorboard`` package can be imported."""
-    try:
-        require_tensorboard()
-    except ImportError:
-        return False
-    return True
+    return all(available(m) for m in _MODULES)
 
 
 def require_tensorboard() -> None:
-    """ImportError (saying ``pip install tensorboard``) when the ``tensorboard`` package is missing."""
-    try:
-        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: F401
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"{_INSTALL} ({e})") from e
+    """:class:`~backprop.extras.MissingExtra` (an ImportError naming the install command) without ``tensorboard``."""
+    for module in _MODULES:
+        require(module, needed_by=_NEEDED_BY)
 
 
 def histogram_proto(values: Any, bins: int = 30) -> Any:
