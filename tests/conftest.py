@@ -4,10 +4,11 @@ A quarter of the suite compares against PyTorch and skips without it (``pytest.i
 ``pip install ".[test]"`` does not install it (see pyproject.toml). So that a run without it does not look
 complete, the terminal summary adds one line, only when something was skipped for a missing package::
 
-    31 skipped because PyTorch is not installed (4 of them whole test files): pip install torch==2.13.0 ...;
-    3 for other missing extras: onnx 2 (pip install "backprop[onnx]"), mpi 1 (pip install "backprop[mpi]")
+    71 skipped because PyTorch is not installed (whole files: test_conv.py, test_lr_scheduler.py): pip install
+    torch==2.13.0 ...; 3 for other missing extras: onnx 2 (pip install "backprop[onnx]"), mpi 1 (...)
 
-The counts are pytest's own (a test file skipped at import counts once, as in "N skipped"). A skip is put in
+The counts are pytest's own "N skipped" (a test file skipped at import counts once, or twice with its
+doctest module, whatever number of tests it holds: hence the files named). A skip is put in
 a group by its reason: the module of ``No module named 'x'`` / ``could not import 'x'`` (what
 ``importorskip`` says), else a ``pip install ...`` in a reason of one's own (a ``skipif`` that names
 ``backprop[mpi]`` or ``mpich``); its extra comes from :mod:`backprop.extras`.
@@ -69,19 +70,20 @@ def _reason(report: Any) -> str:
 def skip_summary(reports: Iterable[Any]) -> str | None:
     """The one summary line for the skipped ``reports`` (TestReport / CollectReport), or None."""
     skips: Counter[str] = Counter()
-    files: Counter[str] = Counter()
+    files: dict[str, set[str]] = {}
     for report in reports:
         what = missing_package(_reason(report))
         if what is None:
             continue
         skips[what] += 1
-        files[what] += isinstance(report, pytest.CollectReport)
+        if isinstance(report, pytest.CollectReport):  # a whole file skipped at import
+            files.setdefault(what, set()).add(str(report.nodeid).split("::")[0].rpartition("/")[2])
     if not skips:
         return None
     parts = []
     for peer, (title, install) in TEST_PEERS.items():
         if skips[peer]:
-            whole = f" ({files[peer]} of them whole test files)" if files[peer] else ""
+            whole = f" (whole files: {', '.join(sorted(files[peer]))})" if peer in files else ""
             parts.append(f"{skips[peer]} skipped because {title} is not installed{whole}: {install}")
     others = [(what, n) for what, n in skips.most_common() if what not in TEST_PEERS]
     if others:

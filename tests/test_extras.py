@@ -270,12 +270,14 @@ def test_the_summary_line_counts_tests_and_whole_files():
         cls = pytest.CollectReport if collect else pytest.TestReport
         r = cls.__new__(cls)
         r.longrepr = ("tests/x.py", 1, f"Skipped: {reason}")
+        r.nodeid = "tests/test_x.py" if collect else "tests/test_y.py::test_y"
         return r
 
     torch, onnx = "could not import 'torch': No module named 'torch'", "could not import 'onnx': No module named 'onnx'"
-    reports = [report(torch), report(torch), report(torch, collect=True), report(onnx), report("no data")]
+    reports = [report(torch), report(torch, collect=True), report(torch, collect=True), report(onnx),
+               report("no data")]  # NOTE: a file skipped at import is two reports: its module, its doctests
     line = conftest.skip_summary(reports)
-    assert line == ("3 skipped because PyTorch is not installed (1 of them whole test files): "
+    assert line == ("3 skipped because PyTorch is not installed (whole files: test_x.py): "
                     f"{TEST_PEERS['torch'][1]}; 1 for other missing extras: onnx 1 (pip install \"backprop[onnx]\")")
     assert conftest.skip_summary([report(onnx)]) == '1 skipped for missing extras: onnx 1 (pip install "backprop[onnx]")'
     assert conftest.skip_summary([report("no data")]) is None
