@@ -202,6 +202,19 @@ def test_layer_norm_gelu_softmax(opset, tmp_path, rng):
     assert ops(proto)[:2] == ["MatMul", "Add"]  # Linear on 3-D input
 
 
+@pytest.mark.parametrize("opset", [13, 17])
+def test_padding_layers(opset, tmp_path, rng):
+    """Pad with PyTorch's modes (replicate is ONNX's edge); negative amounts crop with a Slice after the Pad."""
+    model = nn.Sequential(nn.ReflectionPad2d((1, 2, 2, 1)), nn.Conv2d(3, 4, 3), nn.ReplicationPad2d((0, 1, 3, -1)),
+                          nn.ReLU(), nn.ConstantPad2d((1, -1, -2, 2), 0.5), nn.ZeroPad2d(-1),
+                          nn.Flatten(2), nn.ReflectionPad1d((-1, 3)), nn.ConstantPad1d(1, -2.0))
+    proto, _ = roundtrip(model, (3, 7, 8), tmp_path, rng, opset=opset)
+    modes = [next(a.s.decode() for a in n.attribute if a.name == "mode") for n in proto.graph.node
+             if n.op_type == "Pad"]
+    assert modes == ["reflect", "edge", "constant", "reflect", "constant"]
+    assert ops(proto).count("Slice") == 4  # the crops of layers 2, 4, 5 and 7
+
+
 def test_flatten_unflatten_and_nested_sequentials(tmp_path, rng):
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(0.5))),

@@ -51,6 +51,7 @@ from backprop.nn.losses import (  # noqa: F401
     nll_loss,
 )
 from backprop.nn.normalization import batch_norm, layer_norm
+from backprop.nn.padding import pad
 from backprop.nn.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 
@@ -131,5 +132,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, rng: np.random.Gen
 __all__ = [
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "conv1d", "conv2d", "cross_entropy", "dropout", "embedding", "gelu", "l1_loss", "layer_norm", "leaky_relu",
-    "linear", "log_softmax", "logsumexp", "max_pool2d", "mse_loss", "nll_loss", "relu", "sigmoid", "softmax", "tanh",
+    "linear", "log_softmax", "logsumexp", "max_pool2d", "mse_loss", "nll_loss", "pad", "relu", "sigmoid", "softmax",
+    "tanh",
 ]

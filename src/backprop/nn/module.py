@@ -34,6 +34,7 @@ import numpy as np
 from backprop.engine.function import replayable
 from backprop.engine.tensor import Tensor
 from backprop.nn.contract import NotExportable, OnnxGraph, not_saveable
+from backprop.nn.summary import summary as _summary
 
 _GRAD = Tensor.__dict__["grad"]  # the slot that holds every Tensor's gradient
 
@@ -217,6 +218,34 @@ class Module:
     def num_parameters(self) -> int:
         """Total number of learnable scalars."""
         return int(sum(p.data.size for p in self.parameters()))
+
+    def summary(self, input_shape: Any = None, *, example_input: Any = None, print_fn: Any = print) -> str:
+        """A Keras-style table of the layers, their output shapes and parameter counts: printed and returned.
+
+        ``input_shape``: one sample's shape without the batch dimension (the model runs once on a batch of one
+        zeros, in eval mode under ``no_grad``; nothing of the model or the random generator is changed), or
+        ``example_input``: a batch. Without either, no shapes. ``print_fn`` is called on each line (``None``:
+        no printing). Total, trainable and non-trainable (``requires_grad=False``) parameters; buffers apart.
+        See :mod:`backprop.nn.summary`.
+
+        >>> import backprop as bp
+        >>> net = bp.nn.Sequential(bp.nn.Linear(3, 2), bp.nn.Tanh())
+        >>> _ = net.summary((3,))
+        Model: Sequential
+        =============================================================
+        Layer (type)                Output Shape              Param #
+        =============================================================
+        0 (Linear)                  (None, 2)                       8
+        1 (Tanh)                    (None, 2)                       0
+        =============================================================
+        Total params: 8 (32 B)
+        Trainable params: 8 (32 B)
+        Non-trainable params: 0 (0 B)
+        Input shape: (None, 3)
+        Output shape: (None, 2)
+        -------------------------------------------------------------
+        """
+        return _summary(self, input_shape, example_input=example_input, print_fn=print_fn)
 
     # ------------------------------------------------------------------------------------------- state
     @replayable
