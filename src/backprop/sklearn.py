@@ -2,8 +2,14 @@
 
 Drop-in counterparts of :class:`sklearn.neural_network.MLPClassifier` / ``MLPRegressor`` (same parameters,
 fitted attributes and stopping rule) whose network is a :class:`backprop.nn.Sequential` (``model_``) trained
-with backprop's optimizers (``optimizer_``). They work in pipelines, grid searches, ``cross_val_score``,
-``clone`` and ``pickle`` like any scikit-learn estimator.
+with backprop's optimizers (``optimizer_``), or with scipy's L-BFGS (``solver="lbfgs"``) on the loss and
+gradient backprop computes. They work in pipelines, grid searches, ``cross_val_score``, ``clone`` and
+``pickle`` like any scikit-learn estimator.
+
+scikit-learn's own ``test_mlp.py``, run against these estimators with only the import changed
+(``python tests/peers/sklearn_test_mlp.py``), fails only where it reads private attributes or sets fitted
+ones on an unfitted estimator, or meets a difference listed below; ``tests/test_sklearn.py`` keeps that
+list of failures and their reasons.
 
 >>> import numpy as np
 >>> from backprop.sklearn import MLPClassifier
@@ -20,8 +26,18 @@ Differences from scikit-learn's MLP, on purpose:
   two epochs (same ``random_state``, same batches). scikit-learn restarts the optimizer on a warm start.
   Hyperparameters changed with ``set_params`` between calls (``learning_rate_init``, ``beta_1``...) are
   applied to the kept optimizer; a changed ``solver`` or ``optimizer`` builds a new one.
-* no ``lbfgs`` solver (``solver`` is ``"sgd"`` or ``"adam"``), hence no ``max_fun``. ``activation`` also
-  takes backprop's ``"gelu"`` and ``"leaky_relu"``; ``dropout`` adds dropout after every hidden layer;
+* ``solver="lbfgs"`` is scikit-learn's: ``scipy.optimize.minimize(method="L-BFGS-B")`` on the whole data
+  set with ``maxfun=max_fun``, ``maxiter=max_iter`` and ``gtol=tol``, on the same loss and penalty and the
+  same flat parameter vector, so that from the same weights it takes the same steps, to rounding; its
+  ``n_iter_``, ``loss_`` and ConvergenceWarning are scikit-learn's. The loss and its gradient come from
+  backprop's forward and backward passes (the stochastic solvers' own loss), in the network's dtype: float32
+  for float32 ``X``, where scikit-learn's weights turn float64. Beyond scikit-learn, ``loss_curve_`` gets the
+  loss after each L-BFGS iteration (and ``verbose`` prints it); ``best_loss_``, ``validation_scores_`` and
+  ``best_validation_score_`` are None (scikit-learn leaves the four unset with lbfgs), and ``early_stopping``
+  is ignored, as there. It has no ``partial_fit`` (as in scikit-learn), runs eagerly (``jit`` is unused),
+  densifies a sparse ``X`` once, and refuses ``dropout``, ``optimizer`` and ``distributed`` (a ValueError).
+* ``activation`` also takes backprop's ``"gelu"`` and ``"leaky_relu"``; ``dropout`` adds dropout after every
+  hidden layer;
   ``optimizer``, a callable ``params -> backprop.optim.Optimizer`` (a class, ``functools.partial``...),
   replaces ``solver`` and its hyperparameters (``learning_rate_init``, ``momentum``, ``beta_1``...). Use a
   picklable callable (not a lambda) if the estimator is to be pickled.
@@ -36,7 +52,22 @@ Differences from scikit-learn's MLP, on purpose:
   (:func:`backprop.jit`), with the same results; ``jit=False`` runs it eagerly.
 * ``random_state`` seeds the estimator's own generators (initialisation, shuffling, dropout, the early
   stopping split), which continue across ``partial_fit`` calls; ``random_state=None`` draws the seed from
-  backprop's global generator, so ``bp.manual_seed`` makes such runs reproducible too.
+  backprop's global generator, so ``bp.manual_seed`` makes such runs reproducible too. The initial weights
+  are therefore not scikit-learn's for the same ``random_state`` (their distribution is).
+* the early-stopping validation split is stratified for single-label classification (binary and
+  multiclass) when every class has two samples or more and the validation set can hold one of each, and
+  random otherwise; scikit-learn stratifies binary targets only, and raises a ValueError where it cannot
+  (a class of one sample).
+* with several regression outputs the loss is averaged over them, and so is its gradient. scikit-learn's
+  gradient is that of the sum over the outputs (it reports the squared error averaged, the Poisson loss
+  summed), so its data term weighs ``n_outputs`` times more against the L2 penalty and ``tol``; with one
+  output the two are the same.
+* ``coefs_`` and ``intercepts_`` are views of ``model_``'s weights: assigning them copies into the fitted
+  network, and raises NotFittedError before ``fit`` (scikit-learn's own tests set them, with other fitted
+  attributes, on an unfitted estimator). The optimizer is ``optimizer_``, not scikit-learn's private
+  ``_optimizer``.
+* ``partial_fit`` also accepts a multilabel indicator ``y`` without ``classes`` on the first call (scikit-learn
+  requires ``classes``, which for such ``y`` are its column indices).
 
 The L2 penalty is scikit-learn's: ``alpha / 2 * sum ||W||^2`` over the weight matrices (not the biases),
 divided by the batch's number of samples (its sum of sample weights), added to the mean loss of the batch,
@@ -46,8 +77,8 @@ unit; multilabel), half the squared error averaged over the outputs (regression;
 loss but follows the gradient of the sum) or half the Poisson deviance with a log link (``loss="poisson"``).
 
 Types: ``X`` is float64 unless it is float32 (then the network, ``predict_proba`` and ``coefs_`` are
-float32); sparse ``X`` (CSR/CSC) is densified one batch at a time. BLAS threads are left to the caller:
-joblib already limits them to one per worker in ``GridSearchCV(n_jobs=...)``; use
+float32); sparse ``X`` (CSR/CSC) is densified one batch at a time (all at once with lbfgs). BLAS threads
+are left to the caller: joblib already limits them to one per worker in ``GridSearchCV(n_jobs=...)``; use
 ``threadpoolctl.threadpool_limits`` to choose otherwise.
 """
 
@@ -60,6 +91,7 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.optimize
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
@@ -67,6 +99,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
@@ -92,6 +125,8 @@ ACTIVATIONS: dict[str, type[Module]] = {
     "identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU, "gelu": GELU, "leaky_relu": LeakyReLU,
 }
 _PREDICT_BATCH = 4096
+#: scipy < 1.15 takes L-BFGS-B's ``iprint`` option (deprecated since, and unused by scikit-learn there).
+_SCIPY_TAKES_IPRINT = tuple(int(part) for part in scipy.__version__.split(".")[:2]) < (1, 15)
 
 
 def _rows(X: Any, idx: Any, dtype: np.dtype) -> np.ndarray:
@@ -110,13 +145,21 @@ def _seed_from(random_state: Any) -> int:
     return int(random_state)
 
 
+def _stochastic_solver(est: Any) -> bool:
+    """Whether ``partial_fit`` exists (scikit-learn's rule, for ``available_if``): L-BFGS has no incremental form."""
+    if est.solver == "lbfgs":
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. {est.solver} is not "
+                             "stochastic.")
+    return True
+
+
 class _BaseMLP(BaseEstimator):
     """Shared parameters, network, training loop and stopping rule of the two estimators."""
 
     _parameter_constraints: ClassVar[dict] = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions({"sgd", "adam"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
@@ -136,6 +179,7 @@ class _BaseMLP(BaseEstimator):
         "beta_2": [Interval(Real, 0, 1, closed="left")],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "optimizer": [callable, None],
         "distributed": ["boolean"],
@@ -146,8 +190,8 @@ class _BaseMLP(BaseEstimator):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0, optimizer=None, distributed=False,
-                 jit=True):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, optimizer=None,
+                 distributed=False, jit=True):
         # NOTE: scikit-learn reads MLPClassifier's hyperparameters from this signature, which it inherits;
         # MLPRegressor repeats it with `loss` first and passes the rest here
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -172,6 +216,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dropout = dropout
         self.optimizer = optimizer
         self.distributed = distributed
@@ -191,6 +236,8 @@ class _BaseMLP(BaseEstimator):
 
     @coefs_.setter
     def coefs_(self, coefs: list[Any]) -> None:
+        # NOTE: the check comes before self._linears(), which would raise AttributeError (no model_ yet)
+        check_is_fitted(self)
         self._assign([lin.weight.data for lin in self._linears()], [np.asarray(c).T for c in coefs], "coefs_")
 
     @property
@@ -201,11 +248,11 @@ class _BaseMLP(BaseEstimator):
 
     @intercepts_.setter
     def intercepts_(self, intercepts: list[Any]) -> None:
+        check_is_fitted(self)
         self._assign([lin.bias.data for lin in self._linears()], [np.asarray(b) for b in intercepts], "intercepts_")
 
     def _assign(self, targets: list[np.ndarray], values: list[np.ndarray], name: str) -> None:
         """Copy arrays into the network's weights in place (the optimizer keeps referring to them)."""
-        check_is_fitted(self)
         if len(values) != len(targets) or any(v.shape != t.shape for v, t in zip(values, targets)):
             raise ValueError(f"{name}: expected {len(targets)} arrays of shapes "
                              f"{[t.shape for t in targets]} in the layout of {name}, got "
@@ -300,9 +347,23 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         return sw
 
+    def _uses_lbfgs(self) -> bool:
+        """solver="lbfgs", checked against the options that need a stochastic solver."""
+        if self.solver != "lbfgs":
+            return False
+        for name, off, why in (("optimizer", None, "replaces the stochastic solvers"),
+                               ("dropout", 0.0, "makes the loss random"),
+                               ("distributed", False, "splits mini-batches over processes")):
+            value = getattr(self, name)
+            if value is not off and value != off:
+                raise ValueError(f"solver='lbfgs' cannot be combined with {name}={value!r}: {name} {why}; use "
+                                 f"solver='sgd' or 'adam', or {name}={off!r}.")
+        return True
+
     def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool) -> _BaseMLP:
         self._validate_params()
         self._hidden_sizes()
+        lbfgs = self._uses_lbfgs()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
@@ -317,8 +378,11 @@ class _BaseMLP(BaseEstimator):
             self._initialize(X, self._n_outputs(Y))
         if self.model_.dtype != X.dtype and not sp.issparse(X):
             X = X.astype(self.model_.dtype)
-        self._prepare_optimizer(first_pass, incremental)
-        self._fit_stochastic(X, Y, sw, y, incremental)
+        if lbfgs:
+            self._fit_lbfgs(X, Y, sw)
+        else:
+            self._prepare_optimizer(first_pass, incremental)
+            self._fit_stochastic(X, Y, sw, y, incremental)
 
         if not all(np.isfinite(p.data).all() for p in self.model_.parameters()):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
@@ -407,6 +471,95 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             self.model_.load_state_dict(self._best_state)
 
+    # -------------------------------------------------------------------------------------- L-BFGS
+    def _packed(self, arrays: list[np.ndarray] | None = None) -> np.ndarray:
+        """scikit-learn's flat parameter vector (float64): every ``coefs_`` matrix (n_in, n_out) row by row,
+        then every intercept; ``arrays``: the gradients of the network's parameters instead of the values."""
+        lins = self._linears()
+        if arrays is None:
+            arrays = [a for lin in lins for a in (lin.weight.data, lin.bias.data)]
+        weights, biases = arrays[0::2], arrays[1::2]
+        return np.concatenate([w.T.ravel() for w in weights] + [b.ravel() for b in biases]).astype(np.float64)
+
+    def _unpack(self, packed: np.ndarray) -> None:
+        """Copy scikit-learn's flat vector into the network's weights (in place, in the network's dtype)."""
+        lins = self._linears()
+        start = 0
+        for w in [lin.weight.data for lin in lins] + [lin.bias.data for lin in lins]:
+            end = start + w.size
+            # NOTE: a weight is (n_out, n_in) here and (n_in, n_out) in coefs_ and in the vector
+            w[...] = packed[start:end].reshape(w.shape[::-1]).T if w.ndim == 2 else packed[start:end]
+            start = end
+        if start != len(packed):
+            raise ValueError(f"the parameter vector has {len(packed)} values, the network {start}.")
+
+    def _loss_grad_lbfgs(self, packed: np.ndarray, X: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray | None,
+                         *_buffers: Any) -> tuple[float, np.ndarray]:
+        """The loss at the flat vector ``packed`` and its gradient (flat): L-BFGS's objective.
+
+        The loss is the stochastic solvers' own (:class:`_EstimatorStep`: the mean loss plus the L2 penalty
+        ``alpha / 2 * sum ||W||^2 / n``) over the whole of X, differentiated by backprop's backward pass, in
+        the network's dtype. The signature is scikit-learn's (``_buffers``, its scratch arrays, are ignored;
+        its gradient test calls this method), so Y may also be its label-indicator matrix.
+        """
+        self._unpack(packed)
+        if sample_weight is None:
+            sample_weight = np.ones(X.shape[0])
+        if self.out_activation_ == "softmax" and Y.ndim == 2:  # one-hot (scikit-learn's form): class indices
+            Y = Y.argmax(axis=1)
+        elif Y.ndim == 2 and Y.dtype != np.float64:
+            Y = Y.astype(np.float64)
+        batch = Batch(X, Y, sample_weight, np.arange(X.shape[0]), X.shape[0], float(sample_weight.sum()))
+        step = _EstimatorStep(self, weighted=True)
+        self.model_.zero_grad()
+        _, loss = step.compute_loss(batch)
+        step.backpropagate(loss)
+        params = [a for lin in self._linears() for a in (lin.weight, lin.bias)]
+        return float(loss.data), self._packed([p.grad for p in params])
+
+    def _fit_lbfgs(self, X: Any, Y: np.ndarray, sw: np.ndarray) -> None:
+        """scikit-learn's L-BFGS fit: ``scipy.optimize.minimize(method="L-BFGS-B")`` on the whole data set,
+        from the network's current weights, with its options and its ConvergenceWarning."""
+        # NOTE: one full batch: a sparse X is densified once; there is no mini-batch, no optimizer_, no
+        # early stopping (ignored, as scikit-learn does), and the loss is not a stopping rule (best_loss_ None)
+        X = _rows(X, slice(None), self.model_.dtype)
+        self.optimizer_ = None
+        self.validation_scores_ = self.best_validation_score_ = self.best_loss_ = None
+        last: dict[str, Any] = {}
+
+        def objective(packed: np.ndarray) -> tuple[float, np.ndarray]:
+            loss, grad = self._loss_grad_lbfgs(packed, X, Y, sw)
+            last["x"], last["loss"] = packed.copy(), loss
+            return loss, grad
+
+        def iteration_ends(xk: np.ndarray) -> None:
+            # NOTE: the old callback(xk) form, which every scipy takes; the iterate is almost always the
+            # point evaluated last (the line search's accepted one)
+            loss = last["loss"] if np.array_equal(xk, last.get("x")) else self._loss_grad_lbfgs(xk, X, Y, sw)[0]
+            self.loss_curve_.append(float(loss))
+            if self.verbose:
+                print(f"Iteration {len(self.loss_curve_)}, loss = {loss:.8f}")
+
+        options: dict[str, Any] = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
+        if _SCIPY_TAKES_IPRINT:  # NOTE: deprecated from scipy 1.15 on, as scikit-learn passes it
+            options["iprint"] = 1 if self.verbose is True or self.verbose >= 1 else -1
+        result = scipy.optimize.minimize(objective, self._packed(), method="L-BFGS-B", jac=True, options=options,
+                                         callback=iteration_ends)
+        self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            # NOTE: scikit-learn's words (sklearn.utils.optimize._check_optimize_result)
+            msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
+                   f"{result.message}\n")
+            if self.n_iter_ == self.max_iter:
+                msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={self.max_iter})."
+            msg += ("\nYou might also want to scale the data as shown in:\n"
+                    "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            # NOTE: stacklevel 4 points at the user's fit(): here <- _fit <- fit
+            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        self.loss_ = float(result.fun)
+        self._unpack(result.x)
+        self.model_.zero_grad()  # NOTE: the last evaluation's gradients are not the fitted weights' anyway
+
     def _trainer_comm(self) -> Any:
         """MPI.COMM_WORLD, for ``distributed=True`` (a clear ImportError without the mpi extra)."""
         return mpi_init().comm
@@ -483,18 +636,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     may be of any type (strings...); ``classes_`` lists them sorted.
 
     Parameters are scikit-learn's (see :mod:`backprop.sklearn` for the differences): ``hidden_layer_sizes``,
-    ``activation`` ("identity", "logistic", "tanh", "relu", "gelu", "leaky_relu"), ``solver`` ("sgd",
-    "adam"), ``alpha`` (L2 penalty), ``batch_size`` ("auto": min(200, n_samples)), ``learning_rate``
+    ``activation`` ("identity", "logistic", "tanh", "relu", "gelu", "leaky_relu"), ``solver`` ("lbfgs",
+    "sgd", "adam"), ``alpha`` (L2 penalty), ``batch_size`` ("auto": min(200, n_samples)), ``learning_rate``
     ("constant", "invscaling", "adaptive"; sgd only), ``learning_rate_init``, ``power_t``, ``max_iter``
-    (epochs), ``shuffle``, ``random_state``, ``tol``, ``verbose``, ``warm_start``, ``momentum``,
-    ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``, ``beta_1``, ``beta_2``,
-    ``epsilon``, ``n_iter_no_change``; backprop's ``dropout``, ``optimizer``, ``distributed`` and ``jit``
-    (see the module's notes).
+    (epochs; L-BFGS iterations with lbfgs), ``shuffle``, ``random_state``, ``tol``, ``verbose``,
+    ``warm_start``, ``momentum``, ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``,
+    ``beta_1``, ``beta_2``, ``epsilon``, ``n_iter_no_change``, ``max_fun`` (lbfgs: the most loss
+    evaluations); backprop's ``dropout``, ``optimizer``, ``distributed`` and ``jit`` (see the module's notes).
 
-    Fitted attributes: ``classes_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
+    Fitted attributes: ``classes_``, ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
     ``best_validation_score_``, ``n_iter_``, ``t_``, ``coefs_``, ``intercepts_``, ``n_features_in_``,
     ``feature_names_in_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``, and backprop's ``model_`` (the
-    network, logits out) and ``optimizer_``.
+    network, logits out) and ``optimizer_`` (None with lbfgs).
     """
 
     _score_function = staticmethod(accuracy_score)
@@ -545,18 +698,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         ``warm_start=True``); returns self."""
         return self._fit(X, y, sample_weight, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), keeping the network and the optimizer's state from the previous calls.
 
         ``classes`` (every label that will ever occur) is required on the first call, unless y is a
-        multilabel indicator matrix.
+        multilabel indicator matrix; for one, ``classes`` (scikit-learn requires it) must be its column
+        indices ``[0, ..., n_labels - 1]``. Not available with ``solver="lbfgs"``.
         """
         self._validate_params()
         if not hasattr(self, "classes_"):
-            if classes is None and not type_of_target(y).startswith("multilabel"):
+            multilabel = type_of_target(y).startswith("multilabel")
+            if classes is None and not multilabel:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
-            self._lb = LabelBinarizer().fit(y if classes is None else classes)
-            self.classes_ = self._lb.classes_
+            # NOTE: as scikit-learn, the binarizer learns a multilabel y itself (fitted on `classes`, a
+            # plain list of labels, it could not transform an indicator matrix)
+            lb = LabelBinarizer().fit(y if multilabel else classes)
+            if multilabel and classes is not None and not np.array_equal(unique_labels(classes), lb.classes_):
+                raise ValueError(f"classes={classes!r} does not match the multilabel y of {len(lb.classes_)} "
+                                 f"columns: its classes are the column indices {lb.classes_.tolist()}.")
+            self._lb, self.classes_ = lb, lb.classes_
         elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
             raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
                              f"was: {self.classes_!r}")
@@ -607,15 +768,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 dropout=0.0, optimizer=None, distributed=False, jit=True):
+                 max_fun=15000, dropout=0.0, optimizer=None, distributed=False, jit=True):
         self.loss = loss
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
                          warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, dropout=dropout,
-                         optimizer=optimizer, distributed=distributed, jit=jit)
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         dropout=dropout, optimizer=optimizer, distributed=distributed, jit=jit)
 
     _score_function = staticmethod(r2_score)
 
@@ -654,8 +815,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         ``warm_start=True``); returns self."""
         return self._fit(X, y, sample_weight, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y), keeping the network and the optimizer's state from the previous calls."""
+        """One epoch over (X, y), keeping the network and the optimizer's state from the previous calls (not
+        available with ``solver="lbfgs"``)."""
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _predict(self, X: Any) -> np.ndarray:
@@ -716,6 +879,7 @@ class _EpochRules(Callback):
         est.n_iter_ += 1
         est.t_ += self.n_samples
         est.loss_curve_.append(float((logs or {})["loss"]))
+        est.loss_ = est.loss_curve_[-1]
         if est.verbose and est._speaks:
             print(f"Iteration {est.n_iter_}, loss = {est.loss_curve_[-1]:.8f}")
         if self.validation is not None:
