@@ -2,8 +2,8 @@
 one option and says what it expected, in the library's one vocabulary of constraints
 (:mod:`backprop.engine.constraints`).
 
->>> positive_int("3"), fraction("0.25"), layer_sizes("128,64")
-(3, 0.25, [128, 64])
+>>> positive_int("3"), fraction("0.25"), layer_sizes("128,64"), delimiter("tab")
+(3, 0.25, [128, 64], '\\t')
 """
 
 from __future__ import annotations
@@ -63,22 +63,92 @@ def layer_sizes(text: str) -> list[int]:
     return sizes
 
 
-def data_options(p: argparse.ArgumentParser) -> None:
-    """The options that name a data set, shared by ``train`` and ``evaluate``."""
-    p.add_argument("--dataset", default="digits",
-                   help="digits (bundled), mnist, fashion-mnist or csv:PATH (default: digits)")
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ", "pipe": "|"}
+
+
+def delimiter(text: str) -> str:
+    """A CSV field separator: one character, or tab (``tab``, ``\\t`` or a tab itself), comma, semicolon,
+    space, pipe by name; not a quote, a line break, or a character of numbers (digits, ``.``, ``-``...)."""
+    sep = _DELIMITER_NAMES.get(text.lower(), text)
+    if len(sep) != 1 or sep in '"\r\n' or sep.isalnum() or sep in ".-+_":
+        raise argparse.ArgumentTypeError(f"expected one separator character (such as ',' or ';') or tab, got "
+                                         f"{text!r}")
+    return sep
+
+
+TASKS = ("auto", "classification", "regression")
+
+
+def data_options(p: argparse.ArgumentParser, *, for_model: bool = False) -> None:
+    """The options that name a data set, shared by ``train`` and ``evaluate``.
+
+    ``for_model``: the options of a command given a trained model (``evaluate``), whose defaults are the
+    model's own: ``--dataset`` defaults to the named data set it was trained on, ``--label-column`` and
+    ``--delimiter`` to the ones it was trained with, ``--task`` to its task.
+    """
+    if for_model:
+        p.add_argument("--dataset", default=None,
+                       help="digits, mnist, fashion-mnist (their test split) or csv:PATH (the whole file) "
+                            "(default: the named data set the model was trained on)")
+    else:
+        p.add_argument("--dataset", default="digits",
+                       help="digits (bundled), mnist, fashion-mnist or csv:PATH (default: digits)")
     p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST files (or set BACKPROP_DATA)")
-    p.add_argument("--label-column", help="CSV label column: a name or a 0-based index (default: 'label' or last)")
+    p.add_argument("--label-column", help="CSV label column: a name or a 0-based index (default: "
+                   + ("the one the model was trained with, else " if for_model else "") + "'label' or last)")
+    p.add_argument("--delimiter", type=delimiter, default=None, metavar="CHAR",
+                   help="CSV field separator: one character, or 'tab' (default: "
+                   + ("the one the model was trained with, else " if for_model else "") + ",)")
+    p.add_argument("--task", choices=TASKS, default="auto",
+                   help="what the CSV label column holds: classes, or a number to predict (regression, needs "
+                        "--loss mse). auto: regression if --loss is mse and some label is not an integer, else "
+                        "classification (default: auto)" if not for_model else
+                   "classification or regression; must be the model's (default: auto, the model's)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
-def load_data(args: argparse.Namespace) -> Any:
-    """The data set the options name (a :class:`backprop.data.datasets.Dataset`)."""
+def is_csv(spec: str) -> bool:
+    """Whether the --dataset value names a CSV file (``csv:PATH`` or a path ending in .csv)."""
+    return spec.startswith("csv:") or spec.lower().endswith(".csv")
+
+
+def csv_task(args: argparse.Namespace) -> str:
+    """The ``task`` for :func:`backprop.data.load_csv` from ``--task`` and ``--loss`` (when the command has it).
+
+    auto is ``"auto"`` (regression iff some label is a number but not an integer) with ``--loss mse`` and
+    ``"classification"`` otherwise, so a float label column is never regressed on by accident.
+    """
+    task, loss = getattr(args, "task", "auto"), getattr(args, "loss", None)
+    if task == "regression" and loss is not None and loss != "mse":
+        raise CLIError(f"--task regression needs --loss mse (got --loss {loss})")
+    if task == "auto":
+        return "auto" if loss == "mse" else "classification"
+    return task
+
+
+def load_data(args: argparse.Namespace, **csv_kw: Any) -> Any:
+    """The data set the options name (a :class:`backprop.data.datasets.Dataset`).
+
+    ``csv_kw``: more keywords for :func:`backprop.data.load_csv` (``test_size``, ``classes``, ``task``...)
+    when the data set is a CSV file. Options that apply to CSV files only are refused for the others.
+    """
     kw: dict[str, Any] = {}
-    if args.label_column is not None:
-        if not args.dataset.startswith("csv:") and not args.dataset.endswith(".csv"):
-            raise CLIError("--label-column only applies to --dataset csv:PATH")
-        kw["label_column"] = int(args.label_column) if args.label_column.lstrip("-").isdigit() else args.label_column
+    csv = is_csv(args.dataset)
+    task = getattr(args, "task", "auto")
+    if not csv:
+        for flag, given in (("--label-column", args.label_column is not None),
+                            ("--delimiter", getattr(args, "delimiter", None) is not None),
+                            (f"--task {task}", task == "regression")):
+            if given:
+                raise CLIError(f"{flag} only applies to --dataset csv:PATH")
+    else:
+        if args.label_column is not None:
+            kw["label_column"] = (int(args.label_column) if args.label_column.lstrip("-").isdigit()
+                                  else args.label_column)
+        if getattr(args, "delimiter", None) is not None:
+            kw["delimiter"] = args.delimiter
+        kw["task"] = csv_task(args)
+        kw.update(csv_kw)
     try:
         return load_dataset(args.dataset, data_dir=args.data_dir, **kw)
     except FileNotFoundError as e:

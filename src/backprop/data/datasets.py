@@ -29,10 +29,11 @@ import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from backprop.data.idx import read_idx
 __all__ = [
     "DATASET_SPECS",
     "Dataset",
+    "UnknownLabel",
     "load_csv",
     "load_dataset",
     "load_digits",
@@ -56,12 +58,12 @@ Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A train/test split of a classification data set.
+    """A train/test split of a classification data set (or of a regression one, from :func:`load_csv`).
 
     Attributes:
         x_train, x_test: float32 features, one sample per row.
-        y_train, y_test: int64 class indices in ``0..K-1``.
-        classes: the original label value of each class index (``classes[y]``).
+        y_train, y_test: int64 class indices in ``0..K-1``; for regression, float32 targets.
+        classes: the original label value of each class index (``classes[y]``); empty for regression.
         name: a short name, e.g. ``"mnist"`` or ``"csv:iris.csv"``.
         class_names: a human-readable name per class; defaults to ``str(classes[k])``.
 
@@ -104,6 +106,11 @@ class Dataset:
     def n_features(self) -> int:
         """Features per sample (the product of the per-sample shape)."""
         return math.prod(self.x_train.shape[1:])
+
+    @property
+    def task(self) -> str:
+        """``"regression"`` when the targets are float numbers to predict, else ``"classification"``."""
+        return "regression" if self.y_train.dtype.kind == "f" else "classification"
 
 
 # --------------------------------------------------------------------------- MNIST, Fashion-MNIST
@@ -495,6 +502,8 @@ def load_csv(
     test_size: float = 0.2,
     seed: int | None = 0,
     delimiter: str = ",",
+    task: str = "classification",
+    classes: Sequence[Any] | None = None,
 ) -> Dataset:
     """Load a numeric CSV file, one sample per row, as a :class:`Dataset`.
 
@@ -505,17 +514,28 @@ def load_csv(
         header: True (first row holds column names), False/None (it holds data), or
             ``"infer"``: it is a header if all its cells are non-numeric, or if a cell is
             non-numeric where the second row has a number.
-        test_size, seed: the seeded, stratified train/test split (see :func:`load_digits`).
-        delimiter: the field separator.
+        test_size, seed: the seeded, stratified train/test split (see :func:`load_digits`);
+            ``test_size=0`` puts the whole file in the train part (in file order).
+        delimiter: the field separator, one character (``"\\t"`` for tab-separated files).
+        task: ``"classification"``: the labels are classes, integers (``3`` or ``3.0``) or text.
+            ``"regression"``: the label column is a number to predict: y is float32 (N,),
+            ``classes`` is empty and the split is shuffled, not stratified. ``"auto"``:
+            regression if every label is a number and not all are integers, else classification.
+        classes: the class values the labels must be one of, in this order (a saved model's
+            ``classes``): y indexes them, ``Dataset.classes`` is them, and a label outside them is
+            an :class:`UnknownLabel` error. Integer classes match the labels by value (``"1"`` and
+            ``"1.0"`` are class 1), text classes by their exact text (case-sensitive). None: the
+            sorted unique labels of the file.
 
-    Every other column is a float32 feature. Labels may be integers (``3`` or ``3.0``) or
-    strings; either way the sorted unique values become ``classes`` and y their indices.
+    Every other column is a float32 feature. Without ``classes``, the sorted unique labels become
+    ``classes`` and y their indices.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: an empty file, a row with the wrong number of columns, a non-numeric or
-            non-finite feature, an empty or non-integer numeric label; the message names the
-            file, the line and the column (1-based).
+            non-finite feature, an empty label, a non-integer numeric label (classification) or a
+            non-numeric one (regression), a label not in ``classes``; the message names the file,
+            the line and the column (1-based).
 
     Example:
         >>> import tempfile
@@ -531,6 +551,12 @@ def load_csv(
         raise FileNotFoundError(f"CSV file not found: {path}")
     if header not in ("infer", True, False, None):
         raise ValueError(f"header must be 'infer', True or False, got {header!r}")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"delimiter must be one character other than a quote or a line break, got {delimiter!r}")
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {', '.join(map(repr, _TASKS))}, got {task!r}")
+    if classes is not None and task != "classification":
+        raise ValueError(f"classes apply to task='classification' only, got task={task!r}")
 
     # NOTE: utf-8-sig drops the byte-order mark that spreadsheet exports put first.
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -550,6 +576,7 @@ def load_csv(
             if n_cols < 2:
                 raise ValueError(
                     f"{path}, line {ref_line}: need at least 2 columns (features and a label), got {n_cols}"
+                    + _delimiter_hint(path, ref_line, delimiter)
                 )
             label_idx = _label_index(path, label_column, names, n_cols)
             feats, labels, lines = _parse_rows(path, body, n_cols, label_idx, names, ref_line)
@@ -567,9 +594,21 @@ def load_csv(
         raise ValueError(
             f"{path}, {_where(lines[i], column, names)}: feature {x[i, j]} is not a finite number"
         )
-    y, classes = _encode_labels(path, labels, lines, label_idx, names)
+    if task == "auto":
+        task = "regression" if _numeric_not_integer(labels) else "classification"
+    if task == "regression":
+        y, classes = _regression_targets(path, labels, lines, label_idx, names), np.array([], np.float32)
+    else:
+        y, classes = _encode_labels(path, labels, lines, label_idx, names, classes)
     try:
-        train, test = _split(x, y, test_size, seed)
+        if task == "regression":
+            # NOTE: not stratified (there are no classes): scikit-learn's train_test_split without stratify,
+            # which _split does for labels that are all distinct (one sample per "class")
+            rows = np.arange(len(y))
+            (train_rows, _), (test_rows, _) = _split(rows, rows, test_size, seed)
+            train, test = (x[train_rows], y[train_rows]), (x[test_rows], y[test_rows])
+        else:
+            train, test = _split(x, y, test_size, seed)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     return Dataset(*train, *test, classes=classes, name=f"csv:{path.name}")
@@ -696,12 +735,15 @@ def _as_int(cell: str) -> int | None:
 
 
 def _encode_labels(
-    path: Path, labels: list[str], lines: list[int], label_idx: int, names: list[str] | None
+    path: Path, labels: list[str], lines: list[int], label_idx: int, names: list[str] | None,
+    known: Sequence[Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class indices y and the sorted unique label values ``classes``."""
+    """Class indices y and the classes: the sorted unique label values, or ``known`` when given."""
     for i, cell in enumerate(labels):
         if not cell:
             raise ValueError(f"{path}, {_where(lines[i], label_idx, names)}: empty label")
+    if known is not None:
+        return _encode_known(path, labels, lines, label_idx, names, known)
     ints = [_as_int(cell) for cell in labels]
     if all(v is not None for v in ints):
         big = next((i for i, v in enumerate(ints) if not _INT64_MIN <= v <= _INT64_MAX), None)
@@ -714,12 +756,91 @@ def _encode_labels(
     elif all(_is_number(cell) for cell in labels):
         i = next(i for i, v in enumerate(ints) if v is None)
         raise ValueError(
-            f"{path}, {_where(lines[i], label_idx, names)}: label {labels[i]!r} is not an integer; "
-            "load_csv is for classification (integer or string labels)"
+            f"{path}, {_where(lines[i], label_idx, names)}: label {labels[i]!r} is not an integer, and class "
+            "labels are integers or text; a number to predict needs task='regression' (backprop train: "
+            "--task regression --loss mse)"
         )
     else:
         classes, y = np.unique(np.array(labels, dtype=str), return_inverse=True)
     return y.astype(np.int64).reshape(-1), classes
+
+
+class UnknownLabel(ValueError):
+    """A CSV label that is not one of the classes given to :func:`load_csv` (a saved model's, say).
+
+    Attributes: ``label`` (the cell's text), ``where`` (``"<file>, line L, column C"``), ``classes``
+    (the classes given). The message names all three.
+    """
+
+    def __init__(self, label: str, where: str, classes: Sequence[Any]) -> None:
+        self.label, self.where, self.classes = label, where, list(classes)
+        super().__init__(f"{where}: label {label!r} is not one of the classes {self.classes}")
+
+
+def _is_int_class(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _encode_known(
+    path: Path, labels: list[str], lines: list[int], label_idx: int, names: list[str] | None,
+    known: Sequence[Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the labels into ``known``; the first label outside it is an :class:`UnknownLabel`."""
+    known = [c.item() if isinstance(c, np.generic) else c for c in known]
+    if not known:
+        raise ValueError("classes must not be empty")
+    # NOTE: a CSV cell is text, a saved class an int or a str. Integer classes are matched by value, as
+    # load_csv reads integer labels ("1", "1.0", " 1" are all 1); any other class by its exact text, so a
+    # renamed class ("SETOSA" for "setosa") is an error, never a new class.
+    as_int = all(_is_int_class(c) for c in known)
+    index: dict[Any, int] = {(int(c) if as_int else str(c)): k for k, c in enumerate(known)}
+    y = np.empty(len(labels), dtype=np.int64)
+    for i, cell in enumerate(labels):
+        k = index.get(_as_int(cell) if as_int else cell)
+        if k is None:
+            raise UnknownLabel(cell, f"{path}, {_where(lines[i], label_idx, names)}", known)
+        y[i] = k
+    return y, np.array(known, dtype=np.int64 if as_int else str)
+
+
+def _numeric_not_integer(labels: list[str]) -> bool:
+    """task='auto': every label a number, and not all of them integers."""
+    return all(_is_number(cell) for cell in labels) and any(_as_int(cell) is None for cell in labels)
+
+
+def _regression_targets(
+    path: Path, labels: list[str], lines: list[int], label_idx: int, names: list[str] | None
+) -> np.ndarray:
+    """The label column as float32 numbers to predict; errors name the first cell that is not a finite one."""
+    y = np.empty(len(labels), dtype=np.float32)
+    for i, cell in enumerate(labels):
+        try:
+            value = float(cell)
+        except ValueError:
+            raise ValueError(f"{path}, {_where(lines[i], label_idx, names)}: target {cell!r} is not a number "
+                             "(task='regression' predicts a number)") from None
+        with np.errstate(over="ignore"):
+            y[i] = value
+        if not np.isfinite(y[i]):
+            raise ValueError(f"{path}, {_where(lines[i], label_idx, names)}: target {cell!r} is not a finite "
+                             "float32 number")
+    return y
+
+
+def _delimiter_hint(path: Path, line: int, delimiter: str) -> str:
+    """For a one-column file: which other separator its first row holds, as a hint, else ''."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            text = next(itertools.islice(f, line - 1, None), "")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for sep, cli in ((";", "';'"), ("\t", "tab"), ("|", "'|'"), (",", "','"), (" ", "' '")):
+        if sep != delimiter and sep in text.strip():
+            return (f"; if {sep!r} separates the fields, pass delimiter={sep!r} (backprop: --delimiter {cli})")
+    return ""
+
+
+_TASKS = ("classification", "regression", "auto")
 
 
 # --------------------------------------------------------------------------- one entry point
@@ -732,8 +853,8 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, **kw
 
     ``data_dir`` is where MNIST/Fashion-MNIST are looked up (see :func:`load_fashion_mnist`);
     digits and CSV ignore it. Other keywords go to the loader (``flatten``, ``download``;
-    ``test_size``, ``seed``; ``label_column``, ``header``, ``delimiter``). Names are
-    case-insensitive and ``_`` may stand for ``-``; a path ending in ``.csv`` needs no ``csv:``.
+    ``test_size``, ``seed``; ``label_column``, ``header``, ``delimiter``, ``task``, ``classes``).
+    Names are case-insensitive and ``_`` may stand for ``-``; a path ending in ``.csv`` needs no ``csv:``.
 
     Example:
         >>> ds = load_dataset("digits", seed=1)
