@@ -140,12 +140,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ds = load_data(args, **kw)
         except UnknownLabel as e:
             raise CLIError(f"{e.where}: label {e.label!r} is not one of the model's classes {e.classes}") from None
-        x, y, what = ds.x_train, ds.y_train, f"{ds.name}: {len(ds.x_train)} samples (the whole file)"
+        x, y, title = ds.x_train, ds.y_train, ds.name
+        what = f"{ds.name}: {len(x)} samples (the whole file)"
     else:
         if task == "regression":
             raise CLIError(f"{args.model} is a regression model (trained on a CSV file): give --dataset csv:PATH")
         ds = load_data(args)
-        x, y, what = ds.x_test, ds.y_test, f"{ds.name} test split: {len(ds.x_test)} samples"
+        x, y, title = ds.x_test, ds.y_test, f"{ds.name} test split"
+        what = f"{title}: {len(x)} samples"
         if classes is not None:
             y = _to_model_classes(ds.classes, y, classes, ds.name)
     _check_features(x, meta, ds.name)
@@ -153,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _report_regression(model, x, y, what)
         return 0
     names = _class_names(meta, classes, ds)
-    _report_classification(model, x, y, names, meta.get("loss", "cross_entropy"), what, args)
+    _report_classification(model, x, y, names, meta.get("loss", "cross_entropy"), what, title, args)
     return 0
 
 
@@ -195,7 +197,7 @@ def _class_names(meta: dict[str, Any], classes: list[Any] | None, ds: Any) -> li
 
 
 def _report_classification(model: Any, x: np.ndarray, y: np.ndarray, names: list[str], loss: str, what: str,
-                           args: argparse.Namespace) -> None:
+                           title: str, args: argparse.Namespace) -> None:
     k = len(names)
     outputs = bp.predict(model, x)
     if outputs.ndim != 2 or outputs.shape[1] not in (k, 1):
@@ -223,7 +225,7 @@ def _report_classification(model: Any, x: np.ndarray, y: np.ndarray, names: list
     png = Path(args.out) if args.out else Path(args.model).with_name("confusion_matrix.png")
     try:
         png.parent.mkdir(parents=True, exist_ok=True)
-        M.plot_confusion_matrix(cm, png, class_names=names, title=what.split(":")[0])
+        M.plot_confusion_matrix(cm, png, class_names=names, title=title)
     except MissingExtra as e:
         why = "not installed" if e.reason is None else f"failed to import: {e.reason}"
         print(f"backprop: note: no confusion-matrix PNG: it needs matplotlib ({why}): {e.install}; "
