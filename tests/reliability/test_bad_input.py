@@ -415,8 +415,8 @@ def test_cli_bad_data_one_line_exit_2(args, patterns, cli_files, tmp_path) -> No
 BAD_OPTIONS = [
     ("--lr", "abc", "positive finite"), ("--lr", "-1", "positive finite"), ("--lr", "nan", "positive finite"),
     ("--lr", "inf", "positive finite"), ("--batch-size", "0", "positive integer"),
-    ("--batch-size", "2.5", "positive integer"), ("--epochs", "-1", "non-negative integer"),
-    ("--epochs", "1e3", "non-negative integer"), ("--validation-split", "1", r"\[0, 1\)"),
+    ("--batch-size", "2.5", "positive integer"), ("--epochs", "-1", "positive integer"),
+    ("--epochs", "1e3", "positive integer"), ("--validation-split", "1", r"\[0, 1\)"),
     ("--momentum", "nan", r"\[0, 1\)"), ("--weight-decay", "inf", "non-negative"),
     ("--clip-norm", "0", "positive finite"), ("--seed", "-1", "non-negative integer"),
     ("--hidden", "12,x", "layer sizes"), ("--hidden", "0,4", "positive"), ("--warmup", "x", "non-negative integer"),

@@ -47,6 +47,6 @@ def test_divergence_saves_the_last_finite_weights_and_exits_3(tmp_path):
     out = tmp_path / "run"
     proc = run("train", "--epochs", "5", "--lr", "1e30", "--momentum", "0", "--out", str(out), check=False)
     assert proc.returncode == 3, proc.stderr
-    assert "diverged" in proc.stderr and "lower learning rate" in proc.stderr and "Traceback" not in proc.stderr
+    assert "diverged" in proc.stderr and "lower --lr" in proc.stderr and "Traceback" not in proc.stderr
     weights = bp_load(out / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from backprop import __version__
 from backprop.cli import evaluate, export, trace, train
 from backprop.cli.options import EXIT_USAGE, CLIError
+from backprop.extras import MissingExtra
 
 COMMANDS = {"train": train.cmd_train, "evaluate": evaluate.cmd_evaluate, "predict": evaluate.cmd_predict,
             "trace": trace.cmd_trace, "export": export.cmd_export}
@@ -36,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="backprop", description="Train neural networks by backpropagation.")
+    parser = _Parser(prog="backprop", description="Train neural networks by backpropagation.",
+                     epilog=train.EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"backprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train.add_parser(sub)
@@ -46,10 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+              line: str | None = None) -> None:
+    """A warning as the command line speaks: one line, no source path (``--debug`` keeps Python's format)."""
+    text = " ".join(str(message).split())
+    print(f"backprop: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    if not getattr(args, "debug", False):
+        warnings.showwarning = _one_line
     try:
         return COMMANDS[args.command](args)
+    except MissingExtra as e:  # an optional extra the command needs: how to install it, before any work
+        print(f"backprop: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("backprop: interrupted", file=sys.stderr)
         return 130
@@ -62,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(e).strip().replace("\n", " ") or type(e).__name__
         print(f"backprop: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

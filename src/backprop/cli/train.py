@@ -44,6 +44,7 @@ from backprop.cli.options import (
     positive_float,
     positive_int,
 )
+from backprop.extras import require
 from backprop.io import TrainingCheckpoint, atomic_write
 from backprop.nn import models
 from backprop.optim import lr_scheduler as S
@@ -54,28 +55,65 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle", "plateau")
-DEFAULT_EPOCHS = 100
+DEFAULT_EPOCHS = 30
+PATIENCE = 5  # early stopping's default patience, in epochs
 CHECKPOINT_FILE = "checkpoint.safetensors"
+EXIT_CODES = """exit codes:
+  0    trained (early stopping included)
+  2    bad options or data, or a missing extra (one line on stderr, before any work)
+  3    training diverged (NaN or infinite loss or gradient): the last finite weights are saved
+  130  interrupted by Ctrl-C: the run is checkpointed where it stopped (see --resume)
+  143  stopped by SIGTERM: the same"""
+RUN_FILES = ("model.safetensors", CHECKPOINT_FILE, "metrics.csv", "training.png")  # what a run writes
+
+
+#: The options each model trains well with, used where the command line gives none (checked on the data
+#: sets the models are for: the digits for mlp, MNIST for lenet5 and cnn; see README "Defaults that train").
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "batch_size": 16},
+    "lenet5": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
+    "cnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
+}
+
+
+def _defaults_of(option: str) -> str:
+    values = {model: d[option] for model, d in MODEL_DEFAULTS.items()}
+    if len(set(values.values())) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{v} ({m})" for m, v in values.items())
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line with the model's own defaults (``MODEL_DEFAULTS``)."""
+    for option, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``subparsers`` (the object ``add_subparsers`` returned)."""
     t = subparsers.add_parser("train", help="train a network and save the model, metrics and plot",
-                       description="Train a network by mini-batch backpropagation.")
+                              description="Train a network by mini-batch backpropagation: at most --epochs passes "
+                              "over the training set, stopped early when the validation loss stops improving (the "
+                              "best weights kept), then evaluated once on the test split.",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     data_options(t)
     t.add_argument("--hidden", type=layer_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
     t.add_argument("--loss", choices=CLI_LOSSES, default="cross_entropy",
                    help="cross_entropy (softmax output), nll, mse or quadratic (sigmoid outputs, Nielsen's cost)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd")
-    t.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
-    t.add_argument("--momentum", type=fraction, default=0.9, help="SGD/RMSprop momentum (default: 0.9)")
-    t.add_argument("--batch-size", type=positive_int, default=16, help="mini-batch size (default: 16)")
-    t.add_argument("--epochs", type=non_negative_int, default=None,
-                   help=f"passes over the data, in all (default: {DEFAULT_EPOCHS}; with --resume: the run's own, "
-                        "or more to extend it)")
-    t.add_argument("--validation-split", type=fraction, default=0.0,
-                   help="hold out this fraction of the training set for validation (default: 0)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"default: {_defaults_of('optimizer')}")
+    t.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default: {_defaults_of('lr')})")
+    t.add_argument("--momentum", type=fraction, default=None,
+                   help=f"SGD/RMSprop momentum (default: {_defaults_of('momentum')})")
+    t.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"mini-batch size (default: {_defaults_of('batch_size')})")
+    t.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"passes over the data at most, in all (default: {DEFAULT_EPOCHS}; early stopping usually "
+                        "ends sooner; with --resume: the run's own, or more to extend it)")
+    t.add_argument("--validation-split", type=fraction, default=0.1,
+                   help="hold out this fraction of the training set for validation, for early stopping and the "
+                        "curves (default: 0.1; 0: none, and no early stopping)")
     t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
                    help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm); the last two need 28x28 images")
     t.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
@@ -88,9 +126,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(x0.95 per epoch), onecycle (per iteration, peak --lr), plateau (x0.1 after 3 flat epochs)")
     t.add_argument("--warmup", type=non_negative_int, default=0,
                    help="epochs of linear learning-rate warm-up before the schedule (default: 0)")
-    t.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
-                   help="stop when the validation loss has not improved for PATIENCE epochs and restore the best "
-                        "weights (uses --validation-split, 0.1 if not given)")
+    t.add_argument("--early-stopping", type=non_negative_int, default=None, metavar="PATIENCE",
+                   help=f"stop when the validation loss has not improved for PATIENCE epochs and restore the best "
+                        f"weights (default: {PATIENCE} with a validation split; 0: train all --epochs)")
     t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="write TensorBoard event files (default DIR: <out>/tensorboard)")
     t.add_argument("--workers", type=positive_int, default=1,
@@ -103,10 +141,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="run every training step eagerly (default: the step is captured once and replayed, "
                         "with the same results; see bp.jit)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for everything (default: 0)")
-    t.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    t.add_argument("--out", help="output folder (default: a new runs/<timestamp>); one that holds a run is "
+                                 "refused unless --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
+    t.add_argument("--no-plot", dest="plot", action="store_false",
+                   help="do not draw training.png (which needs matplotlib: pip install \"backprop[plot]\")")
     t.add_argument("--quiet", action="store_true", help="print only the output folder")
     t.add_argument("--resume", metavar="RUN_DIR",
-                   help=f"continue the run in RUN_DIR from its {CHECKPOINT_FILE} (written every epoch) with its "
+                   help=f"continue the run in RUN_DIR from its {CHECKPOINT_FILE} (written every epoch, and where "
+                        "Ctrl-C stopped it) with its "
                         "saved options, to its --epochs (or a larger --epochs); the result is bit-identical to an "
                         "uninterrupted run")
     return t
@@ -157,9 +200,17 @@ def build_scheduler(args: argparse.Namespace, opt: Any, steps_per_epoch: int) ->
     return S.SequentialLR(opt, [warm, main], milestones=[args.warmup]), "epoch"
 
 
-def _out_dir(out: str | None) -> Path:
-    if out:
-        path = Path(out)
+def _out_dir(args: argparse.Namespace) -> Path:
+    """The run's folder, created: ``--out`` (never a folder that holds a run, unless ``--overwrite``) or a new
+    ``runs/<timestamp>``. Checked before any work."""
+    if args.out:
+        path = Path(args.out)
+        if path.exists() and not path.is_dir():
+            raise CLIError(f"--out {path} exists and is not a folder")
+        taken = [name for name in RUN_FILES if (path / name).exists()]
+        if taken and not args.overwrite and not args.resume:
+            raise CLIError(f"--out {path} already holds a run ({taken[0]}): choose another folder, continue it "
+                           f"with --resume {path}, or replace it with --overwrite")
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / stamp
@@ -167,27 +218,63 @@ def _out_dir(out: str | None) -> Path:
         while path.exists():
             path = Path("runs") / f"{stamp}-{k}"
             k += 1
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--out {path} exists and is not a folder")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {path}: the folder is not writable")
+    if args.overwrite and not args.resume:  # NOTE: a stale checkpoint must not be resumed into the new run
+        for name in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
     return path
+
+
+def _check_options(args: argparse.Namespace, world: int) -> None:
+    """Everything the options alone can tell, before any work (and before ``--workers`` launches ranks)."""
+    if args.label_smoothing and args.loss != "cross_entropy":
+        raise CLIError("--label-smoothing applies to --loss cross_entropy only")
+    if args.early_stopping and not args.validation_split:
+        raise CLIError(f"--early-stopping {args.early_stopping} watches the validation loss: it needs a "
+                       "--validation-split above 0")
+    ranks = args.workers if world == 1 else world
+    if args.batch_size % ranks:
+        raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {ranks} MPI ranks "
+                       f"(each rank trains an equal share of every batch)")
+    if args.sync_batchnorm and ranks == 1:
+        raise CLIError("--sync-batchnorm needs several ranks (--workers N)")
+    if args.tensorboard is not None:
+        require("tensorboard", needed_by="--tensorboard")
+    if args.plot:
+        require("matplotlib", needed_by="training.png (or train with --no-plot)")
+    if args.workers > 1 and world == 1:
+        require("mpi4py", needed_by="--workers")
+
+
+def _describe(model: Any, args: argparse.Namespace, n_features: int, n_classes: int) -> str:
+    """The network in one line: its layer sizes (an MLP) or name, activation and parameter count."""
+    n = sum(p.data.size for p in model.parameters())
+    shape = "-".join(map(str, [n_features, *args.hidden, n_classes])) if args.model == "mlp" else args.model
+    return f"{shape} ({args.activation}), {n:,} parameters"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
 
     world = workers.world_size()
-    if args.workers > 1 and world == 1:
-        return workers.launch(args.workers)
     resume = _resume_args(args) if args.resume else None
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
-    if args.label_smoothing and args.loss != "cross_entropy":
-        raise CLIError("--label-smoothing applies to --loss cross_entropy only")
+    if args.early_stopping is None:
+        args.early_stopping = PATIENCE if args.validation_split else 0
+    resolve_defaults(args)
+    _check_options(args, world)
+    ds = load_data(args)  # NOTE: before launching ranks too, so that bad data is reported once
+    if args.workers > 1 and world == 1:
+        _warn_oversubscribed(args.workers)
+        return workers.launch(args.workers)
     root = True
     if world > 1:  # started by mpiexec: data-parallel over the ranks; rank 0 alone prints and writes files
-
-        if args.batch_size % world:
-            raise CLIError(f"--batch-size {args.batch_size} must be divisible by the {world} MPI ranks")
         comm = distributed.init().comm
         root = comm.Get_rank() == 0
         table = distributed.rank_table(comm)  # fit prints it; --workers reads it to name a rank that died
@@ -195,8 +282,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             Path(os.environ[workers.RANK_TABLE_ENV]).write_text(json.dumps(table))
         if not root:
             args.quiet = True
-    ds = load_data(args)
-    out_dir = _out_dir(args.out) if root else None
+    out_dir = _out_dir(args) if root else None
     if world > 1:
         out_dir = Path(comm.bcast(str(out_dir), root=0))
     bp.manual_seed(args.seed)
@@ -204,8 +290,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(args, n_features, n_classes)
     opt = build_optimizer(args, list(model.parameters()))
     validation_split = args.validation_split
-    if args.early_stopping and not validation_split:
-        validation_split = 0.1
     steps = int(np.ceil(len(ds.x_train) * (1 - validation_split) / args.batch_size))
     scheduler, interval = build_scheduler(args, opt, steps)
     loss: Any = args.loss
@@ -213,51 +297,52 @@ def cmd_train(args: argparse.Namespace) -> int:
         def loss(out, y, reduction="mean", _ls=args.label_smoothing):
             return bp.nn.functional.cross_entropy(out, y, reduction=reduction, label_smoothing=_ls)
 
-    class TestMetrics(Callback):
-        """Loss and accuracy on the test split after every epoch, for the metrics file and the plot."""
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            res = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss, check_finite=False)
-            logs["test_loss"], logs["test_accuracy"] = res["loss"], res["accuracy"]
-
-    callbacks: list[Any] = [TestMetrics()] if len(ds.x_test) else []
+    callbacks: list[Any] = []
+    if scheduler is not None:  # NOTE: a plateau schedule watches the validation loss when there is one
+        callbacks.append(cb.LearningRateScheduler(scheduler, interval=interval,
+                                                  monitor="val_loss" if validation_split else "loss"))
     if args.early_stopping:
-        callbacks.insert(0, cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
-                                             restore_best_weights=True, verbose=0 if args.quiet else 1))
+        callbacks.append(cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
+                                          restore_best_weights=True, verbose=0 if args.quiet else 1))
     if args.tensorboard is not None and root:
         callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
     if not args.quiet:
         print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
               f"{n_features} features, {n_classes} classes")
-        print(model)
+        print(f"network: {_describe(model, args, n_features, n_classes)}")
         extras = [f"momentum={args.momentum}"] if args.optimizer in ("sgd", "rmsprop") else []
         extras += [f"weight_decay={args.weight_decay}"] if args.weight_decay else []
         extras += [f"{args.scheduler} schedule"] if args.scheduler != "none" else []
         extras += [f"{args.warmup} warm-up epochs"] if args.warmup else []
+        held = f", {validation_split:.0%} held out for validation" if validation_split else ""
+        stop_rule = f", early stopping after {args.early_stopping} epochs without progress" \
+            if args.early_stopping else ""
         print(f"{args.optimizer} lr={args.lr}{' ' if extras else ''}{' '.join(extras)}, batch size {args.batch_size}: "
-              f"{steps} iterations per epoch, {args.epochs} epochs"
-              + (f", {validation_split:.0%} held out for validation" if validation_split else ""))
+              f"{steps} iterations per epoch, at most {args.epochs} epochs{held}{stop_rule}")
 
-
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("debug", "quiet", "resume", "workers")}
+    saved_args = {k: v for k, v in vars(args).items()
+                  if k not in ("debug", "quiet", "resume", "workers", "overwrite")}
     saved_args["out"] = str(out_dir)
     checkpoint = TrainingCheckpoint(out_dir / CHECKPOINT_FILE, extra={"cli_args": saved_args})
     if resume is not None and not args.quiet:
+        progress = resume.extra.get("fit", {}).get("progress")
         remaining = args.epochs - resume.epoch
-        print(f"backprop: resuming {out_dir} after epoch {resume.epoch} of {args.epochs}: "
-              f"{remaining} epoch{'' if remaining == 1 else 's'} remain{'s' if remaining == 1 else ''}")
+        where = f"in epoch {resume.epoch + 1} after iteration {resume.iteration}" if progress \
+            else f"after epoch {resume.epoch}"
+        print(f"backprop: resuming {out_dir} {where} of {args.epochs}: {remaining} epoch{'' if remaining == 1 else 's'}"
+              f" remain{'s' if remaining == 1 else ''}")
         if args.early_stopping:
             print("backprop: note: early stopping starts its patience count over (it is not in the checkpoint)")
     stop = _StopOnSignal()
     callbacks.append(stop)
     t0 = time.perf_counter()
-    diverged: Exception | None = None
-    with stop.installed():
+    diverged: bp.TrainingDiverged | None = None
+    # NOTE: overflow in a diverging run is reported once, as the divergence it is, not as NumPy's warnings
+    with stop.installed(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
                              epochs=args.epochs, validation_split=validation_split, seed=args.seed,
-                             callbacks=callbacks, scheduler=scheduler, scheduler_interval=interval,
-                             clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
+                             callbacks=callbacks, clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
                              resume_from=resume, distributed=world > 1,
                              sync_batchnorm=world > 1 and args.sync_batchnorm, jit=args.jit)
         except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
@@ -266,9 +351,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not root:
         return 0
     final = {}
-    if len(ds.x_test) and diverged is None:
+    if len(ds.x_test) and diverged is None and stop.signum is None:  # the test split, once, at the end
         final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
-
 
     meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
             "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
@@ -276,29 +360,47 @@ def cmd_train(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 2), "args": saved_args}
     model_path = out_dir / "model.safetensors"
     bio.save(model, model_path, metadata=meta)
-    metrics_path = out_dir / "metrics.csv"
-    _write_metrics_csv(history, metrics_path)
-    plot_path = out_dir / "training.png"
-    shape = "-".join(map(str, [n_features, *args.hidden, n_classes])) if args.model == "mlp" else args.model
-    _plot(history, plot_path, title=f"{ds.name}: {shape}")
+    written = [model_path]
+    if history.epochs:  # NOTE: no complete epoch, nothing to tabulate or draw: no header-only file, no empty plot
+        metrics_path = out_dir / "metrics.csv"
+        _write_metrics_csv(history, metrics_path)
+        written.append(metrics_path)
+        if args.plot:
+            plot_path = out_dir / "training.png"
+            _plot(history, plot_path, title=f"{ds.name}: {_describe(model, args, n_features, n_classes)}")
+            written.append(plot_path)
     if args.quiet:
         print(out_dir)
     else:
         if final:
             print(f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f} "
                   f"({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
-        print(f"wrote {model_path}, {metrics_path} and {plot_path}")
+        print("wrote " + ", ".join(map(str, written[:-1])) + (" and " if len(written) > 1 else "") + str(written[-1]))
     if diverged is not None:
-        print(f"backprop: error: training diverged: {diverged}; the last finite weights are in {model_path}",
-              file=sys.stderr)
+        print(f"backprop: error: training diverged: {diverged.what}. Try a lower --lr (it is {args.lr}), or clip "
+              f"the gradients with --clip-norm 1.0; the last finite weights are in {model_path}", file=sys.stderr)
         return EXIT_DIVERGED
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
-        done = f"{history.epochs} complete epochs" if history.epochs != 1 else "1 complete epoch"
-        print(f"backprop: {name}: stopped after iteration {history.iterations}; the checkpoint in {out_dir} holds "
-              f"{done}. Continue with: backprop train --resume {out_dir}", file=sys.stderr)
+        ckpt = out_dir / CHECKPOINT_FILE
+        if ckpt.exists():
+            saved = bio.load_checkpoint(ckpt)
+            where = f"epoch {saved.epoch + 1}, iteration {saved.iteration}" \
+                if saved.extra.get("fit", {}).get("progress") else f"the end of epoch {saved.epoch}"
+            print(f"backprop: {name}: stopped after iteration {history.iterations}; the checkpoint in {out_dir} "
+                  f"holds the run at {where}. Continue with: backprop train --resume {out_dir}", file=sys.stderr)
+        else:
+            print(f"backprop: {name}: stopped after iteration {history.iterations}, before a checkpoint could be "
+                  "written: nothing to resume", file=sys.stderr)
         return 128 + stop.signum
     return 0
+
+
+def _warn_oversubscribed(ranks: int) -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if ranks > cores:
+        print(f"backprop: warning: --workers {ranks} starts more ranks than the {cores} CPU cores available: "
+              "they will share cores and train slower than fewer ranks would", file=sys.stderr)
 
 
 class _StopOnSignal(Callback):
@@ -399,25 +501,34 @@ def _write_metrics_csv(history: Any, path: Path) -> None:
 
 
 def _plot(history: Any, path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train and test side by side, as a PNG."""
+    """Loss and accuracy per epoch, training and validation side by side (and the learning rate when it
+    changed), as a PNG. Epochs are whole numbers on the axis."""
+    require("matplotlib", needed_by="training.png (or train with --no-plot)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
+    from matplotlib.ticker import MaxNLocator
 
     h = history.history
     epochs = [e + 1 for e in history.epoch]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, style in (("", "-"), ("val_", "--"), ("test_", ":")):
-            key = prefix + metric
+    panels = [m for m in ("loss", "accuracy") if m in h]
+    lr = h.get("lr", [])
+    if len(set(lr)) > 1:
+        panels.append("lr")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        for prefix, style, label in (("", "-", "training"), ("val_", "--", "validation")):
+            key = prefix + metric if metric != "lr" or not prefix else None
             if key in h:
-                ax.plot(epochs, h[key], style, marker="o" if len(epochs) < 30 else None, label=key)
+                ax.plot(epochs, h[key], style, marker="o" if len(epochs) < 30 else None,
+                        label="learning rate" if metric == "lr" else label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel("learning rate" if metric == "lr" else metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if metric != "lr":
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -445,7 +445,15 @@ class TerminateOnNaN(Callback):
 
 # -------------------------------------------------------------------------------------- DivergenceGuard
 class TrainingDiverged(FloatingPointError):
-    """The loss or a gradient became NaN or infinite; the model keeps the last finite weights."""
+    """The loss or a gradient became NaN or infinite; the model keeps the last finite weights.
+
+    ``what`` says what happened and what was kept; ``remedies`` names what to change, in ``fit``'s
+    vocabulary (a front end such as the command line words its own advice from ``what``).
+    """
+
+    def __init__(self, what: str, remedies: str = "") -> None:
+        super().__init__(f"{what}. {remedies}" if remedies else what)
+        self.what, self.remedies = what, remedies
 
 
 class DivergenceGuard(Callback):
@@ -478,10 +486,9 @@ class DivergenceGuard(Callback):
                     f"epoch {self.epoch + 1} were restored")
         else:
             kept = "the model keeps the weights of the last finite step"
-        raise TrainingDiverged(
-            f"the loss became {loss} at {where}; {kept}. Try a lower learning rate (or gradient clipping: "
-            "clip_norm=...), or add the TerminateOnNaN callback to stop without an error."
-        )
+        raise TrainingDiverged(f"the loss became {loss} at {where}; {kept}",
+                               "Try a lower learning rate or gradient clipping (clip_norm=...), or add the "
+                               "TerminateOnNaN callback to stop without an error.")
 
     def _restore_if_overflowed(self) -> str | None:
         """If the last update made a weight non-finite, restore the epoch's first weights; the bad one's name."""

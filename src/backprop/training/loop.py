@@ -524,6 +524,5 @@ class Loop:
         return TrainingDiverged(
             f"the gradient of parameter '{err.parameter}' became NaN or infinite at epoch {epoch + 1}, iteration "
             f"{batch + 1} (step {self.history.iterations + 1}), with a finite loss of {err.loss:.6g}; the model "
-            "keeps the weights of the last finite step. Try a lower learning rate (or gradient clipping: "
-            "clip_norm=...)."
-        )
+            "keeps the weights of the last finite step",
+            "Try a lower learning rate or gradient clipping (clip_norm=...).")

@@ -1,0 +1,189 @@
+"""`backprop train` as a new user meets it: defaults that stop on their own, missing extras, interruptions,
+divergence, output folders and the launcher's checks (issue 12, items 2, 3, 5, 6, 9 and 11).
+
+Each test runs the command in a subprocess, as a user would. A missing extra is simulated by a
+``sitecustomize`` module on ``PYTHONPATH`` that makes the named modules unimportable (``sys.modules[name] =
+None``), so these tests pass whether or not the extras are installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from backprop import io as bio
+
+
+def run(*args, cwd=None, env=None, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "backprop", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def without(tmp_path, *modules):
+    """An environment in which ``modules`` cannot be imported."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def one_error_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("backprop: error: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------- item 2: missing extras
+@pytest.mark.parametrize("modules, args, install", [
+    (["tensorboard"], ["--tensorboard"], 'pip install "backprop[tensorboard]"'),
+    (["matplotlib"], [], 'pip install "backprop[plot]"'),
+    (["mpi4py"], ["--workers", "2"], 'pip install "backprop[mpi]"'),
+], ids=["tensorboard", "plot", "mpi"])
+def test_a_missing_extra_is_one_line_exit_2_before_any_work(tmp_path, modules, args, install):
+    proc = run("train", "--epochs", "1", *args, cwd=tmp_path, env=without(tmp_path, *modules), check=False)
+    assert proc.returncode == 2
+    assert install in one_error_line(proc)
+    assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_no_plot_trains_without_matplotlib(tmp_path):
+    out = tmp_path / "run"
+    run("train", "--epochs", "2", "--no-plot", "--out", str(out), env=without(tmp_path, "matplotlib"))
+    assert (out / "model.safetensors").exists() and (out / "metrics.csv").exists()
+    assert not (out / "training.png").exists()
+
+
+# --------------------------------------------------------------------------- item 3: stopped in epoch 1
+def test_ctrl_c_in_the_first_epoch_checkpoints_there_and_resumes_bit_identically(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 8))
+    data = tmp_path / "blobs.csv"
+    np.savetxt(data, np.column_stack([x, (x[:, 0] * x[:, 1] > 0).astype(int)]), delimiter=",", fmt="%.4f")
+    common = ["train", "--dataset", f"csv:{data}", "--epochs", "1", "--batch-size", "1", "--hidden", "16",
+              "--no-plot"]
+    straight = tmp_path / "straight"
+    run(*common, "--out", str(straight), "--quiet")
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "backprop", *common, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "iterations per epoch" in line:  # training starts: 14,400 steps of one sample in epoch 1
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Continue with: backprop train --resume" in err and "Traceback" not in err
+    ckpt = bio.load_checkpoint(out / "checkpoint.safetensors")
+    assert ckpt.epoch == 0 and 0 < ckpt.iteration < 14_400, "the stop did not fall in epoch 1"
+    assert f"epoch 1, iteration {ckpt.iteration}" in err
+    assert not (out / "training.png").exists() and not (out / "metrics.csv").exists()  # no empty files
+
+    resumed = run("train", "--resume", str(out))
+    assert f"resuming {out} in epoch 1 after iteration {ckpt.iteration} of 1: 1 epoch remains" in resumed.stdout
+    a, b = bio.load(straight / "model.safetensors"), bio.load(out / "model.safetensors")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert np.array_equal(p, q), name
+    assert (straight / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
+
+
+# ------------------------------------------------------------------ item 5: divergence in the CLI's words
+def test_a_run_that_diverges_at_once_speaks_cli(tmp_path):
+    out = tmp_path / "run"
+    proc = run("train", "--lr", "1e6", "--out", str(out), check=False)
+    assert proc.returncode == 3
+    line = one_error_line(proc)
+    assert "training diverged" in line and "--lr" in line and "--clip-norm" in line
+    for python_only in ("clip_norm=", "TerminateOnNaN", ".;", "Warning", ".py:"):
+        assert python_only not in proc.stderr
+    assert (out / "model.safetensors").exists()
+    assert not (out / "training.png").exists() and not (out / "metrics.csv").exists()
+
+
+def test_a_plateau_schedule_without_validation_data_warns_nothing(tmp_path):
+    proc = run("train", "--epochs", "2", "--scheduler", "plateau", "--validation-split", "0", "--no-plot",
+               "--out", str(tmp_path / "run"))
+    assert proc.stderr == ""
+
+
+def test_exit_codes_are_documented():
+    proc = run("train", "--help")
+    for code in ("0 ", "2 ", "3 ", "130", "143"):
+        assert f"  {code}" in proc.stdout
+
+
+# --------------------------------------------------------------------- item 6: --workers checked first
+def test_workers_check_the_batch_size_once_before_launching(tmp_path):
+    proc = run("train", "--workers", "64", "--batch-size", "16", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "--batch-size 16 must be divisible by the 64 MPI ranks" in one_error_line(proc)
+
+
+def test_more_ranks_than_cores_gets_a_warning(capsys, monkeypatch):
+    from backprop.cli import train
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    train._warn_oversubscribed(4)
+    assert "more ranks than the 2 CPU cores" in capsys.readouterr().err
+    train._warn_oversubscribed(2)
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- item 9: a short, honest run
+def test_the_default_run_stops_early_and_evaluates_the_test_split_once(tmp_path):
+    proc = run("train", "--out", str(tmp_path / "run"), "--no-plot")
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) < 30 and "early stopping" in proc.stdout  # stopped before the 30-epoch bound
+    assert "Restoring model weights from the end of the best epoch" in proc.stdout
+    assert {"val_loss", "val_accuracy"} <= set(rows[0]) and not any(k.startswith("test") for k in rows[0])
+    assert proc.stdout.count("test accuracy") == 1
+    meta = bio.load_metadata(tmp_path / "run" / "model.safetensors")
+    assert meta["test"]["accuracy"] >= 0.96
+
+
+# ------------------------------------------------------------------------ item 11: output folders, plots
+def test_out_never_overwrites_a_run_silently(tmp_path):
+    out = tmp_path / "run"
+    run("train", "--epochs", "1", "--no-plot", "--out", str(out))
+    before = (out / "model.safetensors").read_bytes()
+    proc = run("train", "--epochs", "1", "--no-plot", "--out", str(out), check=False)
+    assert proc.returncode == 2 and "--overwrite" in one_error_line(proc)
+    assert (out / "model.safetensors").read_bytes() == before
+    run("train", "--epochs", "1", "--no-plot", "--seed", "1", "--out", str(out), "--overwrite")
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("where, needle", [("file", "is not a folder"), ("proc", "cannot create the folder")])
+def test_an_unusable_out_is_one_clear_line(tmp_path, where, needle):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    out = str(target) if where == "file" else "/proc/backprop-run"
+    proc = run("train", "--epochs", "1", "--out", out, check=False)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert needle in line and "[Errno" not in line
+
+
+def test_the_plot_has_whole_epochs_and_the_learning_rate_when_it_changes(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    out = tmp_path / "run"
+    run("train", "--epochs", "3", "--early-stopping", "0", "--scheduler", "cosine", "--out", str(out))
+    height, width = matplotlib.image.imread(out / "training.png").shape[:2]
+    assert width == 1500  # loss, accuracy and the learning rate: three panels of 500 pixels
+    out2 = tmp_path / "constant"
+    run("train", "--epochs", "3", "--early-stopping", "0", "--out", str(out2))
+    assert matplotlib.image.imread(out2 / "training.png").shape[1] == 1000
