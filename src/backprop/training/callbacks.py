@@ -39,8 +39,17 @@ from backprop.training import extensions
 from backprop.training.tensorboard import SummaryWriter, require_tensorboard
 
 __all__ = [
-    "CSVLogger", "Callback", "DivergenceGuard", "EarlyStopping", "TrainingDiverged", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint",
-    "ProgressBar", "TensorBoard", "TerminateOnNaN",
+    "CSVLogger",
+    "Callback",
+    "DivergenceGuard",
+    "EarlyStopping",
+    "LambdaCallback",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "TensorBoard",
+    "TerminateOnNaN",
+    "TrainingDiverged",
 ]
 
 

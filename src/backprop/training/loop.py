@@ -33,8 +33,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
