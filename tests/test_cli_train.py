@@ -187,3 +187,43 @@ def test_the_plot_has_whole_epochs_and_the_learning_rate_when_it_changes(tmp_pat
     out2 = tmp_path / "constant"
     run("train", "--epochs", "3", "--early-stopping", "0", "--out", str(out2))
     assert matplotlib.image.imread(out2 / "training.png").shape[1] == 1000
+
+
+# --------------------------------------------------------------- item 10: standardised CSV data, regression
+def test_csv_features_are_standardised_by_a_layer_saved_with_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(800, 20)).astype(float)  # raw 0..255 values, as a user's CSV holds them
+    label = (pixels[:, 0] + pixels[:, 1] > 255).astype(int)
+    data = tmp_path / "pixels.csv"
+    np.savetxt(data, np.column_stack([pixels, label]), delimiter=",", fmt="%d")
+    scores = {}
+    for flag in ("--standardize", "--no-standardize"):
+        out = tmp_path / flag
+        proc = run("train", "--dataset", f"csv:{data}", flag, "--no-plot", "--out", str(out))
+        scores[flag] = float(proc.stdout.split("test accuracy ")[1].split()[0])
+        assert bio.load_metadata(out / "model.safetensors")["standardized"] == (flag == "--standardize")
+    assert scores["--standardize"] > 0.9 > scores["--no-standardize"], scores
+    model = bio.load(tmp_path / "--standardize" / "model.safetensors")
+    assert type(model[0]).__name__ == "Normalization"  # evaluate and predict apply it from the file
+    ev = run("evaluate", str(tmp_path / "--standardize" / "model.safetensors"), "--dataset", f"csv:{data}")
+    assert float(ev.stdout.split("\naccuracy ")[1].split()[0]) > 0.9
+
+
+def test_a_float_target_with_mse_is_regression_in_the_units_of_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3)) * [1, 10, 100] + [0, 50, 1000]
+    price = 3 * x[:, 0] + 0.2 * x[:, 1] - 0.01 * x[:, 2] + 500 + rng.normal(size=600) * 0.1
+    data = tmp_path / "prices.csv"
+    np.savetxt(data, np.column_stack([x, price]), delimiter=",", fmt="%.5f", header="a,b,c,price", comments="")
+    out = tmp_path / "run"
+    proc = run("train", "--dataset", f"csv:{data}", "--loss", "mse", "--no-plot", "--out", str(out))
+    assert "test mse" in proc.stdout
+    meta = bio.load_metadata(out / "model.safetensors")
+    assert meta["task"] == "regression" and meta["classes"] == []
+    assert meta["test"]["loss"] < 0.05  # noise variance 0.01: in the target's own units, not standardised ones
+    rows = tmp_path / "rows.csv"
+    np.savetxt(rows, x[:5], delimiter=",", fmt="%.5f")
+    pred = np.array(run("predict", str(out / "model.safetensors"), str(rows)).stdout.split(), dtype=float)
+    assert np.allclose(pred, price[:5], atol=0.5)
+    bad = run("train", "--dataset", f"csv:{data}", "--loss", "mse", "--model", "lenet5", check=False, cwd=tmp_path)
+    assert bad.returncode == 2 and "--model mlp" in one_error_line(bad)

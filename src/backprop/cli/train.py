@@ -37,6 +37,7 @@ from backprop.cli.options import (
     CLIError,
     data_options,
     fraction,
+    is_csv,
     layer_sizes,
     load_data,
     non_negative_float,
@@ -137,6 +138,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--sync-batchnorm", action="store_true",
                    help="with several ranks: BatchNorm uses the statistics of the whole batch over all the ranks "
                         "(as one process would) instead of each rank's shard")
+    t.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise every feature to mean 0 and variance 1 on the training set, by an "
+                        "nn.Normalization layer saved in the model, so evaluate, predict and export apply it too "
+                        "(default: on for CSV data, off for the named data sets, which are already scaled)")
     t.add_argument("--no-jit", dest="jit", action="store_false",
                    help="run every training step eagerly (default: the step is captured once and replayed, "
                         "with the same results; see bp.jit)")
@@ -155,13 +160,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return t
 
 
-def build_model(args: argparse.Namespace, n_features: int, n_classes: int):
-    """The network asked for on the command line (see ``backprop.nn.models``)."""
+def build_model(args: argparse.Namespace, n_features: int, n_outputs: int, regression: bool = False):
+    """The network asked for on the command line (see ``backprop.nn.models``); for regression, linear outputs."""
 
     dropout = args.dropout if args.dropout is not None else (0.25 if args.model == "cnn" else 0.0)
+    head = "none" if regression else args.loss  # NOTE: mse on classes has sigmoid outputs; a regression none
     if args.model == "mlp":
-        return models.mlp(n_features, args.hidden, n_classes, args.activation, dropout, args.loss)
-    return models.MODELS[args.model](n_features, n_classes, args.activation, dropout, args.loss)
+        return models.mlp(n_features, args.hidden, n_outputs, args.activation, dropout, head)
+    return models.MODELS[args.model](n_features, n_outputs, args.activation, dropout, head)
 
 
 def build_optimizer(args: argparse.Namespace, params: list):
@@ -270,6 +276,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_defaults(args)
     _check_options(args, world)
     ds = load_data(args)  # NOTE: before launching ranks too, so that bad data is reported once
+    if getattr(ds, "task", "classification") == "regression":
+        if args.model != "mlp":
+            raise CLIError(f"--model {args.model} classifies images; a regression target needs --model mlp")
+        if args.label_smoothing:
+            raise CLIError("--label-smoothing applies to classes, not to a regression target")
     if args.workers > 1 and world == 1:
         _warn_oversubscribed(args.workers)
         return workers.launch(args.workers)
@@ -287,7 +298,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir = Path(comm.bcast(str(out_dir), root=0))
     bp.manual_seed(args.seed)
     n_features, n_classes = int(np.prod(ds.x_train.shape[1:])), len(ds.classes)
-    model = build_model(args, n_features, n_classes)
+    regression = getattr(ds, "task", "classification") == "regression"
+    model = build_model(args, n_features, 1 if regression else n_classes, regression)
+    standardize = args.standardize if args.standardize is not None else is_csv(args.dataset)
+    if standardize:  # NOTE: a layer of the model, so the saved file applies it in evaluate, predict and ONNX
+        model = bp.nn.Sequential(bp.nn.Normalization(n_features).adapt(ds.x_train), *model)
+    y_train, y_test, unscale = ds.y_train, ds.y_test, None
+    if regression:  # the network learns a standardised target; the saved model maps it back to the units
+        scale = bp.nn.Normalization(1).adapt(ds.y_train[:, None])
+        y_train = scale(bp.Tensor(ds.y_train[:, None].astype(np.float32))).data
+        y_test = ds.y_test[:, None].astype(np.float32)
+        unscale = bp.nn.Normalization(1, mean=scale.mean, variance=scale.var, invert=True)
     opt = build_optimizer(args, list(model.parameters()))
     validation_split = args.validation_split
     steps = int(np.ceil(len(ds.x_train) * (1 - validation_split) / args.batch_size))
@@ -340,9 +361,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # NOTE: overflow in a diverging run is reported once, as the divergence it is, not as NumPy's warnings
     with stop.installed(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
-            history = bp.fit(model, ds.x_train, ds.y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
+            history = bp.fit(model, ds.x_train, y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
                              epochs=args.epochs, validation_split=validation_split, seed=args.seed,
-                             callbacks=callbacks, clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
+                             metrics=() if regression else ("accuracy",), callbacks=callbacks,
+                             clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
                              resume_from=resume, distributed=world > 1,
                              sync_batchnorm=world > 1 and args.sync_batchnorm, jit=args.jit)
         except bp.TrainingDiverged as e:  # the model holds the last finite weights: save them, exit non-zero
@@ -350,11 +372,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if not root:
         return 0
+    if unscale is not None:
+        model = bp.nn.Sequential(*model, unscale)
     final = {}
     if len(ds.x_test) and diverged is None and stop.signum is None:  # the test split, once, at the end
-        final = bp.evaluate(model, ds.x_test, ds.y_test, loss=args.loss)
+        final = bp.evaluate(model, ds.x_test, y_test, loss=args.loss, metrics=() if regression else ("accuracy",))
 
     meta = {"dataset": ds.name, "classes": [c.item() if hasattr(c, "item") else c for c in ds.classes],
+            "task": "regression" if regression else "classification", "standardized": bool(standardize),
             "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
             "test": final, "epochs": history.epochs, "iterations": history.iterations,
             "seconds": round(seconds, 2), "args": saved_args}
@@ -373,8 +398,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(out_dir)
     else:
         if final:
-            print(f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f} "
-                  f"({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
+            score = f"test mse {final['loss']:.6g} - test rmse {final['loss'] ** 0.5:.6g}" if regression else \
+                f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f}"
+            print(f"{score} ({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
         print("wrote " + ", ".join(map(str, written[:-1])) + (" and " if len(written) > 1 else "") + str(written[-1]))
     if diverged is not None:
         print(f"backprop: error: training diverged: {diverged.what}. Try a lower --lr (it is {args.lr}), or clip "
