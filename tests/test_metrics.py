@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 import pytest
+
+pytest.importorskip("sklearn", reason="the sklearn extra: pip install \"backprop[sklearn]\"")
 from sklearn import metrics as skm
 
 import backprop as bp

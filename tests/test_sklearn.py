@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
+pytest.importorskip("sklearn", reason="the sklearn extra: pip install \"backprop[sklearn]\"")
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_blobs, make_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning, NotFittedError

@@ -93,6 +93,11 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
+
+from backprop.extras import require
+
+require("sklearn", needed_by="backprop.sklearn")  # NOTE: without the extra: one line naming it, not a bare ImportError
+
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
