@@ -227,3 +227,15 @@ def test_a_float_target_with_mse_is_regression_in_the_units_of_the_file(tmp_path
     assert np.allclose(pred, price[:5], atol=0.5)
     bad = run("train", "--dataset", f"csv:{data}", "--loss", "mse", "--model", "lenet5", check=False, cwd=tmp_path)
     assert bad.returncode == 2 and "--model mlp" in one_error_line(bad)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "rows.csv"], ["export", "--onnx", "m.onnx"]])
+def test_a_run_folder_given_as_the_model_file_is_one_clear_line(tmp_path, command):
+    out = tmp_path / "run"
+    run("train", "--epochs", "1", "--no-plot", "--out", str(out))
+    (tmp_path / "rows.csv").write_text("0\n")
+    proc = run(command[0], str(out), *command[1:], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert f"{out} is a folder, not a model file (did you mean {out / 'model.safetensors'}?)" in line
+    assert "[Errno" not in line

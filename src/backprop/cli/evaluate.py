@@ -51,7 +51,7 @@ import numpy as np
 
 import backprop as bp
 from backprop import io as bio
-from backprop.cli.options import CLIError, data_options, delimiter, is_csv, load_data
+from backprop.cli.options import CLIError, data_options, delimiter, is_csv, load_data, model_file
 from backprop.data.datasets import UnknownLabel, _is_number
 from backprop.extras import MissingExtra
 from backprop.training import metrics as M
@@ -86,8 +86,7 @@ def add_parsers(subparsers: Any) -> dict[str, argparse.ArgumentParser]:
 
 # ------------------------------------------------------------------------------------------ the model
 def _load_model(path: str) -> tuple[Any, dict[str, Any]]:
-    if not os.path.exists(path):
-        raise CLIError(f"model file {path} does not exist")
+    model_file(path)
     return bio.load(path), bio.load_metadata(path) or {}
 
 

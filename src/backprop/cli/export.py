@@ -5,7 +5,7 @@
 
 The graph takes a float32 batch of shape (batch, n_features), the flattened samples ``backprop train`` saw
 (the model file's ``n_features``), and gives what the model gives in eval mode (logits, log-probabilities or
-sigmoid outputs, depending on its loss). Needs ``pip install onnx onnxruntime`` (onnxruntime checks the
+sigmoid outputs, depending on its loss). Needs ``pip install "backprop[onnx]"`` (onnxruntime checks the
 export against backprop on a random sample before the file is written). Errors: one line, exit code 2.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from backprop import io as bio
 from backprop import onnx as bonnx
-from backprop.cli.options import CLIError, any_int
+from backprop.cli.options import CLIError, any_int, model_file
+from backprop.extras import require
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,13 +49,8 @@ def _n_features(meta: dict[str, Any], path: str) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
 
-    if not os.path.exists(args.model):
-        raise CLIError(f"model file {args.model} does not exist")
-    try:
-
-        bonnx._need_onnx()
-    except ImportError as e:
-        raise CLIError(f"backprop export needs the onnx package: pip install onnx onnxruntime ({e})") from None
+    model_file(args.model)
+    require("onnx", needed_by="backprop export")
     model = bio.load(args.model)
     meta = bio.load_metadata(args.model) or {}
     n_features = _n_features(meta, args.model)

@@ -9,6 +9,7 @@ one option and says what it expected, in the library's one vocabulary of constra
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -153,3 +154,15 @@ def load_data(args: argparse.Namespace, **csv_kw: Any) -> Any:
         return load_dataset(args.dataset, data_dir=args.data_dir, **kw)
     except FileNotFoundError as e:
         raise CLIError(str(e).strip()) from e
+
+
+def model_file(path: str) -> str:
+    """``path`` checked as a model file before anything reads it: it exists and is not a folder (a run folder
+    gets a hint at the model file in it)."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.safetensors")
+        hint = f" (did you mean {inside}?)" if os.path.isfile(inside) else ""
+        raise CLIError(f"{path} is a folder, not a model file{hint}")
+    if not os.path.exists(path):
+        raise CLIError(f"model file {path} does not exist")
+    return path
