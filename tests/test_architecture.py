@@ -3,7 +3,8 @@
 Every ``import`` and ``from ... import`` statement in ``src/backprop`` is read with ``ast``, function-local
 ones included, and resolved to the backprop module it loads. The layers, lowest first::
 
-    extras <- engine <- nn <- optim <- data <- training <- io <- distributed / onnx / sklearn / viz <- backprop <- cli
+    extras <- engine <- nn <- optim <- data <- training <- io <- distributed / onnx / sklearn / viz / playground
+        <- backprop <- cli
 
 A module may import from its own layer and those below; the package's ``__init__`` (``backprop``, the public
 API that re-exports the layers) sits below the command line, which is its client, and ``__main__`` on top. Function-local imports are kept for optional or heavy third-party
@@ -23,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "backprop"
 
 LAYERS = {"extras": -1, "engine": 0, "nn": 1, "optim": 2, "data": 3, "training": 4, "io": 5,
-          "distributed": 6, "onnx": 6, "sklearn": 6, "viz": 6, "cli": 8, "__main__": 9}
+          "distributed": 6, "onnx": 6, "sklearn": 6, "viz": 6, "playground": 6, "cli": 8, "__main__": 9}
 HUB = 7  # backprop/__init__.py
 
 
@@ -167,8 +168,8 @@ def _grep_backward() -> list[str]:
 
 
 def test_only_the_step_starts_a_backward_pass():
-    """Outside the engine and the learner's tools (the trace command, graph drawing), only the Step trains."""
-    learner_tools = {"cli/trace.py", "viz/graph.py"}
+    """Outside the engine and the learner's tools (trace's hand-and-engine check, graph drawing), only the Step trains."""
+    learner_tools = {"cli/trace.py", "viz/trace.py", "viz/graph.py"}
     hits = [h for h in _grep_backward() if not h.startswith("engine/") and h not in learner_tools]
     assert hits == ["training/loop.py"], hits
 

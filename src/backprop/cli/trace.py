@@ -27,17 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from backprop import nn
 from backprop.cli.options import CLIError, int_in, layer_sizes, positive_float
-from backprop.engine.random import get_rng
-from backprop.engine.tensor import Tensor
-from backprop.nn import functional as F
+from backprop.viz.trace import FD_EPS, Net
+from backprop.viz.trace import backward as _backward
+from backprop.viz.trace import cost as _cost
+from backprop.viz.trace import engine_gradients as _engine_gradients
+from backprop.viz.trace import finite_differences as _finite_differences
 
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 LOSSES = ("quadratic", "cross_entropy")
 MAZUR_X = (0.05, 0.10)  # the inputs and targets of Matt Mazur's "A Step by Step Backpropagation Example"
 MAZUR_Y = (0.01, 0.99)
-FD_EPS = 1e-6
 ATOL, RTOL = 1e-7, 1e-5  # the check: |hand - other| <= ATOL + RTOL * |hand|
 MAX_PARAMETERS = 10_000  # finite differences cost two forward passes per parameter
 DETAIL_MAX_UNITS = 4  # write out every sum (z^l[j] = w*a + w*a + b) when no layer is wider than this
@@ -102,31 +102,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------ the network, in NumPy
-def _activate(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "sigmoid":
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "relu":
-        return np.maximum(z, 0.0)
-    if name == "softmax":  # one column per sample
-        e = np.exp(z - z.max(axis=0, keepdims=True))
-        return e / e.sum(axis=0, keepdims=True)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _derivative(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """sigma'(z), written with a = sigma(z) where the textbook does."""
-    if name == "sigmoid":
-        return a * (1.0 - a)
-    if name == "tanh":
-        return 1.0 - a * a
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    raise ValueError(f"no elementwise derivative for {name!r}")
-
-
+# NOTE: the computation (Net, the four equations, the engine's and the finite-difference gradients) lives in
+# backprop.viz.trace, shared with `backprop playground`'s "explain a weight": one code path for both.
 def _derivative_text(name: str, l: int) -> str:
     """sigma'(z^l) as the textbook writes it for ``name``."""
     return {
@@ -134,40 +111,6 @@ def _derivative_text(name: str, l: int) -> str:
         "tanh": f"tanh'(z^{l}) = 1 - (a^{l})^2",
         "relu": f"relu'(z^{l}) = (1 where z^{l} > 0, else 0)",
     }[name]
-
-
-class Net:
-    """Weights ``W[l]`` (out, in) and biases ``b[l]`` for l = 1..L (index 0 unused), activations per layer."""
-
-    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], acts: list[str], loss: str) -> None:
-        self.W = [np.empty((0, 0)), *weights]
-        self.b = [np.empty(0), *biases]
-        self.acts = ["", *acts]
-        self.loss = loss
-        self.L = len(weights)
-
-    def forward(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """z^l and a^l for every layer; x and the results have one column per sample."""
-        zs, as_ = [np.empty(0)], [x]
-        for l in range(1, self.L + 1):
-            z = self.W[l] @ as_[l - 1] + self.b[l][:, None]
-            zs.append(z)
-            as_.append(_activate(self.acts[l], z))
-        return zs, as_
-
-    def cost(self, x: np.ndarray, y: np.ndarray) -> float:
-        zs, as_ = self.forward(x)
-        return _cost(self.loss, zs[-1], as_[-1], y)
-
-
-def _cost(loss: str, z: np.ndarray, a: np.ndarray, y: np.ndarray) -> float:
-    """The cost averaged over the samples (columns)."""
-    n = y.shape[1]
-    if loss == "quadratic":
-        return float(0.5 * np.sum((a - y) ** 2) / n)
-    m = z.max(axis=0, keepdims=True)
-    log_a = z - m - np.log(np.exp(z - m).sum(axis=0, keepdims=True))  # ln softmax, stable
-    return float(-np.sum(y * log_a) / n)
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -359,7 +302,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         P.show(f"b^{l}", net.b[l])
 
     # ---------------------------------------------------------------------------------------- (2) forward
-    zs, as_ = net.forward(x)
+    bw = _backward(net, x, y)  # the forward pass, the cost and the four equations: printed below, step by step
+    zs, as_ = bw.zs, bw.as_
     P.say()
     P.say("(2) Forward pass, layer by layer: z^l = W^l a^(l-1) + b^l and a^l = sigma(z^l)")
     P.show("a^0 = x", x)
@@ -378,7 +322,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     # ---------------------------------------------------------------------------------------- (3) cost
     aL, zL = as_[L], zs[L]
-    cost = _cost(args.loss, zL, aL, y)
+    cost = bw.cost
     P.say()
     if args.loss == "quadratic":
         P.say("(3) The cost: C = 1/2 ||a^L - y||^2 = 1/2 sum_j (a^L[j] - y[j])^2" +
@@ -399,14 +343,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     P.say(f"C = {P.num(cost)}", 4)
 
     # ---------------------------------------------------------------------------------------- (4) backward
-    deltas: list[np.ndarray] = [np.empty(0)] * (L + 1)
+    deltas = bw.deltas
     P.say()
     P.say("(4) Backward pass: the error delta^l = dC/dz^l, from the output back to the first layer")
     if args.loss == "quadratic":
         P.say(f"output error: delta^{L} = dC/da^{L} {P.had} sigma'(z^{L})   (BP1)", 4)
-        dC_da = aL - y
-        sp = _derivative(net.acts[L], zL, aL)
-        deltas[L] = dC_da * sp
+        dC_da, sp = bw.dC_da, bw.sp[L]
         P.show(f"dC/da^{L} = a^{L} - y", dC_da, indent=6)
         P.show(_derivative_text(net.acts[L], L), sp, indent=6)
         P.show(f"delta^{L} = dC/da^{L} {P.had} sigma'(z^{L})", deltas[L], indent=6)
@@ -416,16 +358,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     else:
         P.say(f"output error: with softmax outputs and the cross-entropy cost, delta^{L} = dC/dz^{L} = a^{L} - y", 4)
         P.say("(the softmax Jacobian and the 1/a of the logarithm cancel, since the targets sum to 1)", 6)
-        deltas[L] = aL - y
         P.show(f"delta^{L} = a^{L} - y", deltas[L], indent=6)
         if detail:
             for j in range(sizes[L]):
                 P.say(f"delta^{L}[{j}] = {P.num(aL[j, 0])} - {P.num(y[j, 0])} = {P.num(deltas[L][j, 0])}", 8)
     for l in range(L - 1, 0, -1):
         P.say(f"layer {l}: delta^{l} = ((W^{l + 1})^T delta^{l + 1}) {P.had} sigma'(z^{l})   (BP2)", 4)
-        back = net.W[l + 1].T @ deltas[l + 1]
-        sp = _derivative(net.acts[l], zs[l], as_[l])
-        deltas[l] = back * sp
+        back, sp = bw.back[l], bw.sp[l]
         P.show(f"(W^{l + 1})^T delta^{l + 1}", back, indent=6)
         if detail:
             for k in range(sizes[l]):
@@ -443,13 +382,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         P.say(f"gradients, averaged over the batch (C is the mean of the {n} per-sample costs):", 4)
         P.say("dC/dW^l = (1/n) sum_x delta^l_x (a^(l-1)_x)^T = (1/n) delta^l (a^(l-1))^T (BP4), "
               "dC/db^l = (1/n) sum_x delta^l_x (BP3)", 6)
-    grads_W: list[np.ndarray] = [np.empty(0)]
-    grads_b: list[np.ndarray] = [np.empty(0)]
+    grads_W, grads_b = bw.grads_W, bw.grads_b
     for l in range(1, L + 1):
-        gW = deltas[l] @ as_[l - 1].T / n
-        gb = deltas[l].sum(axis=1) / n
-        grads_W.append(gW)
-        grads_b.append(gb)
+        gW, gb = grads_W[l], grads_b[l]
         P.show(f"dC/dW^{l}", gW, indent=6, column=False)
         if detail:
             P.say(f"e.g. dC/dW^{l}[0,0] = delta^{l}[0] * a^{l - 1}[0] = {P.term(deltas[l][0, 0])} * "
@@ -513,58 +448,3 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print("\n".join(P.lines))
     return 0 if all_ok else 1
 
-
-def _engine_gradients(net: Net, x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], float, str]:
-    """dC/dW^1, dC/db^1, ... from backprop's autograd: the network as nn.Linear layers, float64."""
-
-    act_module = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
-    rng = get_rng()
-    state = rng.bit_generator.state  # nn.Linear draws its initial weights: leave the global generator as it was
-    try:
-        layers: list[Any] = []
-        linears = []
-        for l in range(1, net.L + 1):
-            lin = nn.Linear(net.W[l].shape[1], net.W[l].shape[0], dtype=np.float64)
-            lin.weight.data[...] = net.W[l]
-            lin.bias.data[...] = net.b[l]
-            linears.append(lin)
-            layers.append(lin)
-            if net.acts[l] != "softmax":  # cross_entropy applies the softmax itself, from the logits
-                layers.append(act_module[net.acts[l]]())
-    finally:
-        rng.bit_generator.state = state
-    model = nn.Sequential(*layers)
-    n = x.shape[1]
-    out = model(Tensor(np.ascontiguousarray(x.T)))  # the engine's rows are samples: x W^T + b
-    if net.loss == "quadratic":
-        loss = F.mse_loss(out, y.T, reduction="sum") * (0.5 / n)
-        desc = "1/2 mse_loss(model(x), y, reduction='sum') / n"
-    else:
-        loss = F.cross_entropy(out, y.T)
-        desc = "F.cross_entropy(model(x), y)"
-    loss.backward()
-    grads = []
-    for lin in linears:
-        grads += [np.asarray(lin.weight.grad, dtype=np.float64), np.asarray(lin.bias.grad, dtype=np.float64)]
-    names = ", ".join(type(m).__name__ + (f"({m.in_features}, {m.out_features})" if isinstance(m, nn.Linear) else "()")
-                      for m in layers)
-    return grads, float(loss.item()), f"model = nn.Sequential({names}), C = {desc}"
-
-
-def _finite_differences(net: Net, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
-    """(C(p + eps) - C(p - eps)) / 2eps for every weight and bias, perturbing one at a time."""
-    grads = []
-    for l in range(1, net.L + 1):
-        for arr in (net.W[l], net.b[l]):
-            g = np.zeros_like(arr)
-            flat, gflat = arr.reshape(-1), g.reshape(-1)  # views: perturbing flat perturbs the network
-            for i in range(flat.size):
-                old = flat[i]
-                flat[i] = old + FD_EPS
-                plus = net.cost(x, y)
-                flat[i] = old - FD_EPS
-                minus = net.cost(x, y)
-                flat[i] = old
-                gflat[i] = (plus - minus) / (2 * FD_EPS)
-            grads.append(g)
-    return grads
