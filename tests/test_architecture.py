@@ -169,7 +169,7 @@ def _grep_backward() -> list[str]:
 
 def test_only_the_step_starts_a_backward_pass():
     """Outside the engine and the learner's tools (trace's hand-and-engine check, graph drawing), only the Step trains."""
-    learner_tools = {"cli/trace.py", "viz/trace.py", "viz/graph.py"}
+    learner_tools = {"cli/trace.py", "viz/trace.py", "viz/trace_rnn.py", "viz/graph.py"}
     hits = [h for h in _grep_backward() if not h.startswith("engine/") and h not in learner_tools]
     assert hits == ["training/loop.py"], hits
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop.cli import trace_rnn
 from backprop.cli.options import CLIError, int_in, layer_sizes, positive_float
 from backprop.viz.trace import FD_EPS, Net
 from backprop.viz.trace import backward as _backward
@@ -98,6 +99,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    '"b1": [...] or one number, "W2": ..., "b2": ...}, one W (out x in) and b per layer; with '
                    "--hidden 2 and Matt Mazur's weights it reproduces his worked example")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    trace_rnn.add_model_option(p)  # --model mlp|rnn: rnn has its own options, parsed and printed by trace_rnn
     return p
 
 
@@ -236,6 +238,8 @@ def _load_weights(path: str, sizes: list[int]) -> tuple[list[np.ndarray], list[n
 # ------------------------------------------------------------------------------------------------ trace
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print one step of backpropagation; 0 when the gradients check out, 1 when they do not."""
+    if getattr(args, "model", "mlp") == "rnn":
+        return trace_rnn.cmd_trace_rnn(args)
     sizes, n, x_given, y_given = _resolve(args)
     L = len(sizes) - 1
     rng = np.random.default_rng(args.seed)
