@@ -50,12 +50,15 @@ from backprop.nn.padding import (
 )
 from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from backprop.nn.preprocessing import Normalization
+from backprop.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
-    "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "ConstantPad1d", "ConstantPad2d",
-    "ConstantPad3d", "Conv1d", "Conv2d", "Dropout",
-    "Embedding", "Flatten", "Hardtanh", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d",
-    "Module", "ModuleList", "Normalization", "Parameter", "ReLU",
+    "GELU", "GRU", "LSTM", "RNN", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "ConstantPad1d",
+    "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d", "Dropout",
+    "Embedding", "Flatten", "GRUCell", "Hardtanh", "Identity", "LSTMCell", "LayerNorm", "LeakyReLU", "Linear",
+    "LogSoftmax", "MaxPool2d",
+    "Module", "ModuleList", "Normalization", "Parameter", "RNNCell",
+    "ReLU",
     "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
     "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
     "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
