@@ -112,6 +112,11 @@ def _inp(x: np.ndarray):
     return bp.tensor(x) if x.dtype.kind == "f" else x
 
 
+def _first(y):
+    """A layer's output; of a tuple (MultiheadAttention's (output, weights), as in PyTorch) its first item."""
+    return y[0] if isinstance(y, tuple) else y
+
+
 # ----------------------------------------------------------------------------------------- save/load
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_save_load_round_trip(example, tmp_path):
@@ -120,7 +125,7 @@ def test_save_load_round_trip(example, tmp_path):
     x = example.sample(rng)
     model.eval()
     with bp.no_grad():
-        want = model(_inp(x)).data
+        want = _first(model(_inp(x))).data
     path = tmp_path / "m.safetensors"
     bio.save(model, path)
     loaded = bio.load(path)
@@ -133,7 +138,7 @@ def test_save_load_round_trip(example, tmp_path):
         np.testing.assert_array_equal(got_state[k], state[k], err_msg=k)
     loaded.eval()
     with bp.no_grad():
-        np.testing.assert_array_equal(loaded(_inp(x)).data, want)
+        np.testing.assert_array_equal(_first(loaded(_inp(x))).data, want)
 
 
 # --------------------------------------------------------------------------------------------- ONNX
@@ -159,7 +164,7 @@ def test_onnx_export_matches_onnxruntime(example, opset, tmp_path):
     for batch in (x, bigger):
         (got,) = sess.run(None, {"input": batch})
         with bp.no_grad():
-            want = model(_inp(batch)).data
+            want = _first(model(_inp(batch))).data
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -179,7 +184,7 @@ def test_matches_torch(example):
     modes = ["eval"]
     ours.train()
     with bp.no_grad():
-        if np.array_equal(ours(_inp(x)).data, ours(_inp(x)).data):  # deterministic in training (not Dropout)
+        if np.array_equal(_first(ours(_inp(x))).data, _first(ours(_inp(x))).data):  # deterministic in training (not Dropout)
             modes.append("train")
     theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
     for mode in modes:
@@ -187,7 +192,7 @@ def test_matches_torch(example):
         theirs.train(mode == "train")
         a = bp.tensor(x, requires_grad=True) if x.dtype.kind == "f" else x
         b = torch.tensor(x, requires_grad=x.dtype.kind == "f")
-        out, ref = ours(a), theirs(b)
+        out, ref = _first(ours(a)), _first(theirs(b))
         np.testing.assert_allclose(out.data, ref.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=mode)
         w = np.random.default_rng(4).uniform(0.5, 1.5, size=out.shape)
         ours.zero_grad()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,24 +81,37 @@ def supported_layers() -> list[str]:
     return sorted(names)
 
 
-class _Layer:
-    """One layer being exported: where it sits and the example values at its input (and output, when run)."""
+def _example_arg(x: Any) -> Any:
+    """An example value as a layer is called with it: float arrays as Tensors, indices and masks as arrays."""
+    return Tensor(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
 
-    def __init__(self, position: str, module: Module, x: np.ndarray) -> None:
-        self.position, self.module, self.x = position, module, x
+
+class _Layer:
+    """One layer being exported: where it sits and the example values at its input (and output, when run).
+
+    ``kwargs``: the example values of its other (keyword) arguments, for a layer called with several.
+    """
+
+    def __init__(self, position: str, module: Module, x: np.ndarray, kwargs: dict[str, Any] | None = None) -> None:
+        self.position, self.module, self.x, self.kwargs = position, module, x, kwargs or {}
         self.where = f"layer{position}" if position else type(module).__name__
         self._y: np.ndarray | None = None
+        self.outputs: list[np.ndarray] = []
 
     def run(self) -> np.ndarray:
         """The layer's output on the example (eval mode, no gradients), computed once."""
         if self._y is None:
             x = self.x
+            kwargs = {k: _example_arg(v) for k, v in self.kwargs.items()}
             try:
-                out = self.module(Tensor(x) if x.dtype.kind == "f" else x)  # integer indices go in as they are
+                out = self.module(_example_arg(x), **kwargs)  # integer indices go in as they are
             except Exception as e:
                 raise ValueError(f"{_describe(self.position, self.module)} fails on the example input (shape "
                                  f"{x.shape}): {e}") from e
-            self._y = np.asarray(out.data if isinstance(out, Tensor) else out)
+            # NOTE: a layer returning a tuple (MultiheadAttention's (output, weights)) passes its first item on
+            outs = out if isinstance(out, tuple) else (out,)
+            self.outputs = [np.asarray(o.data if isinstance(o, Tensor) else o) for o in outs if o is not None]
+            self._y = self.outputs[0]
         return self._y
 
 
@@ -133,6 +147,12 @@ class Builder:
 
     def error(self, reason: str) -> ValueError:
         return ValueError(f"{_describe(self._here.position, self._here.module)} cannot be exported to ONNX: {reason}")
+
+    def example(self, name: str) -> np.ndarray:
+        """The example's value at the graph value ``name`` (a graph input, or a layer's output)."""
+        if name not in self.values:
+            raise self.error(f"no example value is known for {name!r}")
+        return self.values[name]
 
     def need_batched(self, ndim: int, layout: str) -> None:
         if len(self.in_shape) != ndim:
@@ -184,8 +204,16 @@ class Builder:
             shape[0] = 0
         return self.node("Reshape", [x, self.const(shape, dtype=np.int64)])
 
-    def layer(self, module: Module, x: str, name: str = "") -> str:
-        """Export ``module`` on the graph value ``x``; ``name``: its attribute in the current layer (its position)."""
+    def layer(self, module: Module, x: str, name: str = "", inputs: dict[str, Any] | None = None,
+              all_outputs: bool = False) -> Any:
+        """Export ``module`` on the graph value ``x``; ``name``: its attribute in the current layer (its position).
+
+        ``inputs``: its keyword arguments, each the name of a graph value (a str this builder knows) or a
+        constant (True, None, a number), passed to its ``forward`` and its ``onnx`` alike. Returns the name
+        of its output (the first, for a layer returning several), or all of them with ``all_outputs``.
+        """
+        inputs = dict(inputs or {})
+        values = {k: self.values[v] if isinstance(v, str) and v in self.values else v for k, v in inputs.items()}
         parent = self._stack[-1].position if self._stack else ""
         position = f"{parent}.{name}" if parent and name else (name or parent)
         export = onnx_decision(type(module))
@@ -194,17 +222,20 @@ class Builder:
                              f"{', '.join(supported_layers())}")
         if isinstance(export, NotExportable):  # NOTE: ValueError as for any layer export refuses
             raise ValueError(f"{_describe(position, module)} cannot be exported to ONNX: {export.reason}")  # noqa: TRY004
-        here = _Layer(position, module, self.values[x])
+        here = _Layer(position, module, self.values[x], values)
         if next(module.children(), None) is None:
             here.run()  # NOTE: a layer (no sub-layers) is run first, so a wrong input is reported as such
         self._stack.append(here)
         try:
-            y = export(module, self, x)
+            y = export(module, self, x, **inputs)
         finally:
             self._stack.pop()
-        if y not in self.values:  # a container's output is its last sub-layer's, known already
-            self.values[y] = here.run()
-        return y
+        ys = list(y) if isinstance(y, tuple) else [y]
+        for i, out in enumerate(ys):
+            if out not in self.values:  # a container's output is its last sub-layer's, known already
+                here.run()
+                self.values[out] = here.outputs[i]
+        return ys if all_outputs else ys[0]
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -212,10 +243,11 @@ def _elem_type(onnx: Any, dtype: np.dtype) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def _value_info(onnx: Any, name: str, dtype: np.dtype, shape: tuple[int, ...], dynamic_batch: bool) -> Any:
+def _value_info(onnx: Any, name: str, dtype: np.dtype, shape: tuple[int, ...], dynamic_batch: bool,
+                first: str = "batch") -> Any:
     dims: list[Any] = list(shape)
     if dynamic_batch and dims:
-        dims[0] = "batch"
+        dims[0] = first
     return onnx.helper.make_tensor_value_info(name, _elem_type(onnx, dtype), dims)
 
 
@@ -254,7 +286,7 @@ def _check_opset(onnx: Any, opset: Any) -> int:
 
 
 def export(model: Module, path: str | os.PathLike[str], example_input: Any, opset: int = DEFAULT_OPSET,
-           input_name: str = "input", output_name: str = "output", dynamic_batch: bool = True, *,
+           input_name: str = "input", output_name: str | Sequence[str] = "output", dynamic_batch: bool = True, *,
            check: bool = True) -> Any:
     """Write ``model`` (as in eval mode) to ``path`` as an ONNX file; returns the ``onnx.ModelProto``.
 
@@ -262,6 +294,13 @@ def export(model: Module, path: str | os.PathLike[str], example_input: Any, opse
     dimension but the first (the batch, dynamic unless ``dynamic_batch=False``) and the input's dtype (the
     model's float dtype; integer indices for a model that starts with an Embedding). ``opset``: the ONNX
     operator set, from 13 (LayerNorm and GELU are composed of basic operators below 17 and 20).
+
+    A model called with several arguments is given them as a dict ``{argument: value}`` (the first is passed
+    by position, the others by keyword): arrays (and Tensors) become graph inputs named after their
+    arguments, each with a dynamic first dimension; other values (True, None, numbers) are fixed in the graph,
+    e.g. ``{"query": q, "key": k, "value": v, "key_padding_mask": m, "need_weights": False}`` for a
+    MultiheadAttention; ``input_name`` is not used then. A model returning a tuple (MultiheadAttention's
+    ``(output, weights)``) exports its first item, or as many as ``output_name`` names when it is a list.
 
     ``check=True`` runs onnxruntime (when installed) on the graph with ``example_input`` and raises
     :class:`ExportCheckError` (a ValueError) if its output differs from backprop's; a graph that
@@ -272,20 +311,24 @@ def export(model: Module, path: str | os.PathLike[str], example_input: Any, opse
     opset = _check_opset(onnx, opset)
     if not isinstance(model, Module):
         raise TypeError(f"export: model must be a backprop Module, got {type(model).__name__}")
-    for what, name in (("input_name", input_name), ("output_name", output_name)):
+    output_names = [output_name] if isinstance(output_name, str) else list(output_name)
+    for what, name in (("input_name", input_name), *(("output_name", n) for n in output_names)):
         if not isinstance(name, str) or not name:
             raise ValueError(f"export: {what} must be a non-empty string, got {name!r}")
-    if input_name == output_name:
-        raise ValueError(f"export: input_name and output_name must differ, both are {input_name!r}")
     dtype = _model_dtype(model)
-    x = _input_array(example_input, model, dtype)
-    if dynamic_batch and x.ndim == 0:
+    inputs, consts = _named_inputs(example_input, model, dtype, input_name)
+    clash = sorted(set(inputs) & set(output_names))
+    if clash:
+        raise ValueError(f"export: input_name and output_name must differ, both are {clash[0]!r}")
+    if len(set(output_names)) != len(output_names) or not output_names:
+        raise ValueError(f"export: output_name must name one output or several different ones, got {output_name!r}")
+    if dynamic_batch and any(x.ndim == 0 for x in inputs.values()):
         raise ValueError("export: example_input must have a batch dimension (it is 0-dimensional)")
 
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        graph, expected = _build(onnx, model, x, dtype, opset, input_name, output_name, bool(dynamic_batch))
+        graph, expected = _build(onnx, model, inputs, consts, dtype, opset, output_names, bool(dynamic_batch))
     finally:
         for m, mode in modes:
             m.training = mode
@@ -299,33 +342,74 @@ def export(model: Module, path: str | os.PathLike[str], example_input: Any, opse
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     if check:
-        _check_with_onnxruntime(data, x, expected, input_name)
+        _check_with_onnxruntime(data, inputs, expected)
 
     write_bytes_atomic(path, data)
     return proto
 
 
-def _build(onnx: Any, model: Module, x: np.ndarray, dtype: np.dtype, opset: int, input_name: str,
-           output_name: str, dynamic_batch: bool) -> tuple[Any, np.ndarray]:
+def _named_inputs(example_input: Any, model: Module, dtype: np.dtype,
+                  input_name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(graph inputs by name, constant arguments): one input ``input_name``, or a dict's arrays and constants."""
+    if not isinstance(example_input, Mapping):
+        return {input_name: _input_array(example_input, model, dtype)}, {}
+    if not example_input:
+        raise ValueError("export: example_input is an empty dict; give the model's arguments")
+    inputs: dict[str, np.ndarray] = {}
+    consts: dict[str, Any] = {}
+    for i, (key, value) in enumerate(example_input.items()):
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"export: the keys of example_input must be argument names, got {key!r}")
+        if i == 0:
+            inputs[key] = _input_array(value, model, dtype)
+        elif isinstance(value, (Tensor, np.ndarray)):
+            arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"export: example_input[{key!r}]: expected numbers, got dtype {arr.dtype}")
+            # NOTE: masks stay bool, indices integers; floats take the model's dtype
+            inputs[key] = arr.astype(dtype if arr.dtype.kind == "f" else np.int64 if arr.dtype.kind in "iu"
+                                     else arr.dtype, copy=False)
+        else:
+            consts[key] = value
+    return inputs, consts
+
+
+def _build(onnx: Any, model: Module, inputs: dict[str, np.ndarray], consts: dict[str, Any], dtype: np.dtype,
+           opset: int, output_names: list[str], dynamic_batch: bool) -> tuple[Any, list[np.ndarray]]:
     """The ONNX graph, built while running the example through the layers one at a time (for their shapes)."""
     g = Builder(onnx, opset, dtype, dynamic_batch)
-    g.fresh(input_name)
-    g.fresh(output_name)
-    g.values[input_name] = x
+    for name in (*inputs, *output_names):
+        g.fresh(name)
+    g.values.update(inputs)
+    first, *others = inputs
     with no_grad():
-        name = g.layer(model, input_name)
-    value = g.values[name]
-    if name == input_name or not g.nodes or list(g.nodes[-1].output) != [name]:  # nothing but Dropout/Identity
-        g.nodes.append(onnx.helper.make_node("Identity", [name], [output_name], name="identity"))
-    else:  # the last node writes the output itself
-        g.nodes[-1].output[0] = output_name
-    graph = onnx.helper.make_graph(
-        g.nodes, "backprop", [_value_info(onnx, input_name, x.dtype, x.shape, dynamic_batch)],
-        [_value_info(onnx, output_name, value.dtype, value.shape, dynamic_batch)], g.initializers)
-    return graph, value
+        names = g.layer(model, first, inputs={**{k: k for k in others}, **consts}, all_outputs=True)
+    if len(names) < len(output_names):
+        raise ValueError(f"export: the model returns {len(names)} output(s), output_name names {len(output_names)}")
+    names = names[: len(output_names)]
+    values = [g.values[n] for n in names]
+    for i, (name, out_name) in enumerate(zip(names, output_names)):
+        if i == 0 and len(names) == 1 and name not in inputs and g.nodes and list(g.nodes[-1].output) == [name]:
+            g.nodes[-1].output[0] = out_name  # the last node writes the output itself
+        else:  # an input, the output of an earlier node (Dropout/Identity last), or one of several
+            g.nodes.append(onnx.helper.make_node("Identity", [name], [out_name], name=g.fresh("identity")))
+    # NOTE: only what the outputs need: a layer may build more (MultiheadAttention's weights in a Sequential)
+    needed = set(output_names)
+    kept = []
+    for node in reversed(g.nodes):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    in_infos = [_value_info(onnx, name, x.dtype, x.shape, dynamic_batch, "batch" if i == 0 else f"{name}_dim0")
+                for i, (name, x) in enumerate(inputs.items())]
+    out_infos = [_value_info(onnx, name, v.dtype, v.shape, dynamic_batch, "batch" if i == 0 else f"{name}_dim0")
+                 for i, (name, v) in enumerate(zip(output_names, values))]
+    graph = onnx.helper.make_graph(kept[::-1], "backprop", in_infos, out_infos,
+                                   [t for t in g.initializers if t.name in needed])
+    return graph, values
 
 
-def _check_with_onnxruntime(data: bytes, x: np.ndarray, expected: np.ndarray, input_name: str) -> None:
+def _check_with_onnxruntime(data: bytes, inputs: dict[str, np.ndarray], expected: list[np.ndarray]) -> None:
     try:
         ort = require("onnxruntime")
     except MissingExtra:  # NOTE: optional even within the extra: without it onnx.checker alone checks
@@ -342,13 +426,14 @@ def _check_with_onnxruntime(data: bytes, x: np.ndarray, expected: np.ndarray, in
                           f"onnx.checker only: {str(e).strip()[:300]}", RuntimeWarning, stacklevel=3)
             return
         raise
-    (got,) = session.run(None, {input_name: x})
-    if got.shape != expected.shape:
-        raise ExportCheckError(f"onnxruntime's output has shape {got.shape}, backprop's {expected.shape}")
-    eps = np.finfo(expected.dtype).eps if expected.dtype.kind == "f" else 0.0
-    scale = float(np.max(np.abs(expected), initial=1.0))
-    tol = max(1e3 * eps, 1e-9) * scale
-    err = float(np.max(np.abs(got.astype(np.float64) - expected), initial=0.0))
-    if not err <= tol:  # NaN too
-        raise ExportCheckError(f"onnxruntime's output differs from backprop's by up to {err:.3g} (tolerance "
-                               f"{tol:.3g}) on the example input; the export was not written")
+    for i, (got, want) in enumerate(zip(session.run(None, inputs), expected)):
+        what = "output" if len(expected) == 1 else f"output {i}"
+        if got.shape != want.shape:
+            raise ExportCheckError(f"onnxruntime's {what} has shape {got.shape}, backprop's {want.shape}")
+        eps = np.finfo(want.dtype).eps if want.dtype.kind == "f" else 0.0
+        scale = float(np.max(np.abs(want), initial=1.0))
+        tol = max(1e3 * eps, 1e-9) * scale
+        err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
+        if not err <= tol:  # NaN too
+            raise ExportCheckError(f"onnxruntime's {what} differs from backprop's by up to {err:.3g} (tolerance "
+                                   f"{tol:.3g}) on the example input; the export was not written")

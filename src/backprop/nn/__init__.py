@@ -14,6 +14,7 @@ from backprop.nn import (
     models,
     utils,
 )
+from backprop.nn.attention import MultiheadAttention, generate_square_subsequent_mask
 from backprop.nn.conv import Conv1d, Conv2d
 from backprop.nn.embedding import Embedding
 from backprop.nn.layers import (
@@ -51,16 +52,23 @@ from backprop.nn.padding import (
 from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from backprop.nn.preprocessing import Normalization
 from backprop.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from backprop.nn.transformer import (
+    PositionalEncoding,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    sinusoidal_positional_encoding,
+)
 
 __all__ = [
     "GELU", "GRU", "LSTM", "RNN", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "ConstantPad1d",
     "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d", "Dropout",
     "Embedding", "Flatten", "GRUCell", "Hardtanh", "Identity", "LSTMCell", "LayerNorm", "LeakyReLU", "Linear",
     "LogSoftmax", "MaxPool2d",
-    "Module", "ModuleList", "Normalization", "Parameter", "RNNCell",
+    "Module", "ModuleList", "MultiheadAttention", "Normalization", "Parameter", "PositionalEncoding", "RNNCell",
     "ReLU",
     "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
     "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
-    "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
-    "functional", "init", "losses", "models", "utils",
+    "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
+    "functional", "generate_square_subsequent_mask", "init", "losses", "models", "sinusoidal_positional_encoding",
+    "utils",
 ]

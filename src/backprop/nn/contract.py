@@ -51,7 +51,8 @@ class OnnxGraph(Protocol):
     ``x`` is the name of the layer's input in the graph; the method returns the name of its output (``x``
     itself for a layer that does nothing at inference). The shapes are those the example input has at this
     layer; names of nodes and weights are prefixed with the layer's position (``layer3/Conv``,
-    ``layer3.weight``).
+    ``layer3.weight``). A layer exported with several arguments (``MultiheadAttention``'s query, key, masks)
+    receives the others as keywords (graph value names, or constants) and may return several names (a tuple).
     """
 
     opset: int  # the ONNX operator set being written
@@ -76,6 +77,10 @@ class OnnxGraph(Protocol):
         """The error to raise when this layer, as configured or for this input, cannot be exported."""
         ...
 
+    def example(self, name: str) -> Any:
+        """The example's value (an array) at the graph value ``name``: a graph input or a layer's output."""
+        ...
+
     def need_batched(self, ndim: int, layout: str) -> None:
         """Raise :meth:`error` unless the input has ``ndim`` dimensions (``layout`` names them for the message)."""
         ...
@@ -88,8 +93,12 @@ class OnnxGraph(Protocol):
         """Reshape ``x`` to the layer's output shape (a kept dynamic batch dimension is copied)."""
         ...
 
-    def layer(self, module: Any, x: str, name: str) -> str:
-        """Export the sub-layer ``module`` (attribute ``name`` of this one) on ``x``; for containers."""
+    def layer(self, module: Any, x: str, name: str, inputs: Any = None, all_outputs: bool = False) -> Any:
+        """Export the sub-layer ``module`` (attribute ``name`` of this one) on ``x``; for containers.
+
+        ``inputs``: its keyword arguments (names of graph values, or constants); ``all_outputs``: return the
+        names of all its outputs (a list), not only the first's.
+        """
         ...
 
 

@@ -38,7 +38,7 @@ __all__ = [
     "save_decision", "small_int",
 ]
 
-_JSON_TYPES = (bool, int, float, str, list, type(None))
+_JSON_TYPES = (bool, int, float, str, list, dict, type(None))  # NOTE: dict: a sub-layer's own arguments
 
 
 # ----------------------------------------------------------------------------------------- arguments
@@ -46,8 +46,8 @@ _JSON_TYPES = (bool, int, float, str, list, type(None))
 class Arg:
     """One constructor argument a registered layer accepts in a config.
 
-    ``type``: ``int``, ``float``, ``bool``, ``str``, ``list`` or ``type(None)``, or a tuple of them (JSON
-    values; ``bool`` is never taken for an ``int``, an ``int`` is taken for a ``float``, floats must be
+    ``type``: ``int``, ``float``, ``bool``, ``str``, ``list``, ``dict`` or ``type(None)``, or a tuple of them (JSON
+    values; a dict holds the arguments of a sub-layer, which the constructor checks; ``bool`` is never taken for an ``int``, an ``int`` is taken for a ``float``, floats must be
     finite; lists are given to the constructor as tuples). ``check``: an extra test of the value, described
     by ``expect`` in error messages. ``get``: how to read the value from a layer instance (default: the
     attribute of the same name). ``required``: the config must give it.
@@ -74,7 +74,7 @@ class Arg:
         if self.expect:
             return self.expect
         words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                 list: "a list", type(None): "null"}
+                 list: "a list", dict: "an object", type(None): "null"}
         return " or ".join(words[t] for t in self.types)
 
     def validate(self, value: Any) -> Any:
@@ -261,7 +261,7 @@ def register_layer(
             spec = Arg(spec)
         if not all(t in _JSON_TYPES for t in spec.types):
             raise ValueError(f"register_layer({name}): argument {arg_name!r} must be of JSON types "
-                             f"(int, float, bool, str, list, NoneType), got {spec.type!r}")
+                             f"(int, float, bool, str, list, dict, NoneType), got {spec.type!r}")
         args[arg_name] = spec
     if not all(isinstance(e, Example) for e in examples):
         raise TypeError(f"register_layer({name}): examples must be Example objects")
