@@ -11,6 +11,7 @@ plot           matplotlib                       ``backprop train``'s training.pn
 sklearn        sklearn                          the scikit-learn estimators (``backprop.sklearn``)
 onnx           onnx, onnxruntime                ONNX export (onnxruntime checks the exported graph)
 tensorboard    tensorboard                      TensorBoard event files
+playground     starlette, uvicorn, websockets   ``backprop playground``, the local web page
 mpi            mpi4py (and the mpich wheel)     data-parallel training over MPI
 all            every extra above except mpi
 =============  ===============================  ===================================================
@@ -80,6 +81,8 @@ _EXTRAS = (
     Extra("sklearn", ("sklearn",), ("scikit-learn>=1.6",), "backprop.sklearn (the scikit-learn estimators)"),
     Extra("onnx", ("onnx", "onnxruntime"), ("onnx>=1.14", "onnxruntime>=1.16"), "ONNX export"),
     Extra("tensorboard", ("tensorboard",), ("tensorboard>=2.10",), "TensorBoard logging"),
+    Extra("playground", ("starlette", "uvicorn", "websockets"), ("starlette>=0.37", "uvicorn>=0.29", "websockets>=12"),
+          "backprop playground"),
     # NOTE: not in `all`: the mpich wheel ships its own libmpi and mpiexec, which on a cluster would shadow
     # the site's MPI (mpi4py then loads the wheel's library, unaware of the cluster's network and launcher),
     # and it has no Windows build, so `pip install "backprop[all]"` would fail there. Clusters install mpi4py
