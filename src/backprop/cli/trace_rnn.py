@@ -10,9 +10,9 @@ t = 1 .. T from h_0 = 0, and one output o = W_hy h_T + b_y after the last step (
 cost, softmax(o) for cross-entropy). The trace prints the weights, the forward pass step by step, the cost,
 the backward pass through time (dC/dh_t, delta_t = dC/dh_t * (1 - h_t^2), what passes to the step before,
 each step's contribution to the shared weights' gradients), the sums that are those gradients, the Jacobian
-norms that make gradients vanish or explode, a check of every number against backprop's autograd and central
-finite differences, and the update. The arithmetic is :mod:`backprop.viz.trace_rnn`; this module parses the
-options and prints.
+norms that make gradients vanish or explode, a check of every number against backprop's autograd (ops
+composed, and the nn.RNN layer) and central finite differences, and the update. The arithmetic is
+:mod:`backprop.viz.trace_rnn`; this module parses the options and prints.
 
 ``--model`` is an option of ``backprop trace``: :func:`add_model_option` gives the MLP's parser the option and
 routes a command line that asks for ``rnn`` to this module's own parser (its own options and defaults).
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -100,8 +101,8 @@ def build_rnn_parser(parser_class: type[argparse.ArgumentParser], prog: str) -> 
         "it unrolled through time: the weights, the forward pass step by step (z_t, h_t), the cost, the backward "
         "pass through time (dC/dh_t, delta_t = dC/dz_t, what passes to the step before, each step's contribution "
         "to the shared weights' gradients), the sums that are those gradients, the Jacobian norms behind "
-        "vanishing and exploding gradients, a check against backprop's autograd and finite differences, and "
-        "the update. Hand computations are plain NumPy in float64.",
+        "vanishing and exploding gradients, a check against backprop's autograd, its nn.RNN layer and "
+        "finite differences, and the update. Hand computations are plain NumPy in float64.",
         epilog="The network: z_t = W_xh x_t + W_hh h_(t-1) + b_h, h_t = tanh(z_t) for t = 1..T from h_0 = 0, "
         "and one output after the last step (many-to-one): o = W_hy h_T + b_y, y_hat = o for the quadratic "
         "cost, softmax(o) for cross-entropy. Without --x/--y the sequence and the target are drawn with --seed. "
@@ -135,6 +136,10 @@ def build_rnn_parser(parser_class: type[argparse.ArgumentParser], prog: str) -> 
                    help='start from these weights: a JSON object {"W_xh": [[...]] (H x I), "W_hh": (H x H), '
                    '"b_h": [...] (H), "W_hy": (O x H), "b_y": [...] (O)}')
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    # NOTE: argparse takes '-0.2' for a value but '-0.2,1' (a step of two inputs) for an unknown option; a
+    # token that starts with a minus and a digit is a number here, as newer Pythons' argparse reads it too
+    # (without this, --x='-0.2,1;0.5,0' still works, as the help says).
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
     return p
 
 
@@ -203,6 +208,12 @@ class Printer:
         if s.startswith("-") and float(s) == 0.0:
             s = s[1:]
         return s
+
+    def norm(self, v: float) -> str:
+        """A non-negative size that may span orders of magnitude (a vanishing norm): fixed point from 0.001 to
+        100000, else scientific with the same number of digits."""
+        v = float(v)
+        return self.num(v) if v == 0.0 or 1e-3 <= abs(v) < 1e5 else f"{v:.{self.p}e}"
 
     def term(self, v: float) -> str:
         """A number inside a product or sum: negative numbers in parentheses."""
@@ -329,8 +340,8 @@ def cmd_trace_rnn(args: argparse.Namespace) -> int:
     _update(P, s, x, y, args.lr)
     print("\n".join(P.lines))
     if failures:
-        print(f"backprop: error: the gradient check failed for {', '.join(failures)}: the hand computation, the "
-              f"engine and the finite differences disagree by more than {ATOL:g} + {RTOL:g} |hand| (see (7))",
+        print(f"backprop: error: the gradient check failed for {', '.join(failures)}: the hand computation "
+              f"and another route (autograd, nn.RNN or finite differences) disagree by more than {ATOL:g} + {RTOL:g} |hand| (see (7))",
               file=sys.stderr)
         return 1
     return 0
@@ -488,16 +499,16 @@ def _vanishing(P: Printer, s: BPTTStep) -> None:
         if t is None:
             P.say(f"{'...':>4}", 4)
             continue
-        jn = P.num(norms[t]) if t > 0 else "-"
-        dn = P.num(np.linalg.norm(s.delta[t])) if t > 0 else "-"
-        P.say(f"{t:>4}  {jn:>12}  {P.num(bounds[t]):>18}  {P.num(reach[t]):>14}  "
-              f"{P.num(np.linalg.norm(s.dh[t])):>12}  {dn:>12}", 4)
+        jn = P.norm(norms[t]) if t > 0 else "-"
+        dn = P.norm(np.linalg.norm(s.delta[t])) if t > 0 else "-"
+        P.say(f"{t:>4}  {jn:>12}  {P.norm(bounds[t]):>18}  {P.norm(reach[t]):>14}  "
+              f"{P.norm(np.linalg.norm(s.dh[t])):>12}  {dn:>12}", 4)
     # NOTE: the verdict reads the actual product dh_T/dh_0, not the bound: a product of matrices can shrink
     # while the product of their norms grows (rotations), and a learner should see the error that arrives.
     rate = float(reach[0]) ** (1.0 / T)
     P.say(f"the error reaching h_0 has crossed {T} Jacobian{'s' if T > 1 else ''}: ||dh_{T}/dh_0|| = "
-          f"{P.num(reach[0])}, a factor of {rate:.3g} per step on average (the bound prod ||J_t|| is "
-          f"{P.num(bounds[0])})", 4)
+          f"{P.norm(reach[0])}, a factor of {rate:.3g} per step on average (the bound prod ||J_t|| is "
+          f"{P.norm(bounds[0])})", 4)
     ratio = np.linalg.norm(s.delta[1]) / max(float(np.linalg.norm(s.delta[T])), 1e-300)
     P.say(f"at that rate the error shrinks or grows {rate ** 10:.3g}x over 10 steps and {rate ** 100:.3g}x over "
           f"100; here ||delta_1|| is {ratio:.3g}x ||delta_{T}||", 4)
@@ -515,16 +526,19 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
     T = s.steps
     w = s.weights
     engine, engine_cost, engine_desc = bptt.engine_gradients(w, x, y, s.loss)
+    layer, layer_cost, layer_desc = bptt.layer_gradients(w, x, y, s.loss)
     numeric = bptt.finite_differences(w, x, y, s.loss)
     per_step = bptt.per_step_finite_differences(w, x, y, s.loss)
     P.say()
-    P.say("(7) Check: the same numbers by two other routes")
+    P.say("(7) Check: the same numbers by three other routes")
     P.say("autograd: backprop's engine in float64, the network composed from engine ops (one tensor per "
           "parameter, so each shared weight is used at every step and the engine adds up its gradients):", 4)
     P.say(engine_desc, 6)
+    P.say("nn.RNN: the library's recurrent layer (one op, with its own backward through time), float64:", 4)
+    P.say(layer_desc, 6)
     P.say(f"numeric: central finite differences (C(p + eps) - C(p - eps)) / (2 eps), eps = {bptt.FD_EPS:g}, float64",
           4)
-    P.say(f"engine cost C = {P.num(engine_cost)} (by hand: {P.num(s.cost)})", 4)
+    P.say(f"cost C: by hand {P.num(s.cost)}, autograd {P.num(engine_cost)}, nn.RNN {P.num(layer_cost)}", 4)
     P.say(f"OK when every |hand - other| <= {ATOL:g} + {RTOL:g} |hand|", 4)
     failures: list[str] = []
 
@@ -533,12 +547,14 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
         ok = all(bool(np.all(np.abs(hand - o) <= tol)) for o in others)
         return ok, [float(np.max(np.abs(hand - o))) for o in others]
 
-    P.say(f"{'gradient':<10}  {'max|hand - autograd|':>20}  {'max|hand - numeric|':>20}  result", 4)
+    P.say(f"{'gradient':<10}  {'max|hand - autograd|':>20}  {'max|hand - nn.RNN|':>18}  {'max|hand - numeric|':>19}"
+          "  result", 4)
     for name in PARAMETERS:
-        ok, (d_engine, d_numeric) = agree(s.grads[name], engine[name], numeric[name])
+        ok, (d_engine, d_layer, d_numeric) = agree(s.grads[name], engine[name], layer[name], numeric[name])
         if not ok:
             failures.append(f"dC/d{name}")
-        P.say(f"{'dC/d' + name:<10}  {d_engine:>20.1e}  {d_numeric:>20.1e}  {'OK' if ok else 'MISMATCH'}", 4)
+        P.say(f"{'dC/d' + name:<10}  {d_engine:>20.1e}  {d_layer:>18.1e}  {d_numeric:>19.1e}  "
+              f"{'OK' if ok else 'MISMATCH'}", 4)
     P.say("each step's factors, numerically, on the network unrolled in time: it has one copy of W_xh, W_hh and "
           "b_h per step, all equal;", 4)
     P.say("the derivative with respect to step t's copy alone is step t's contribution (b_h's is delta_t, since "
@@ -571,7 +587,7 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
         sums.append(f"{k} {d:.1e} {'OK' if ok else 'MISMATCH'}")
     P.say("numerically alone, the per-step derivatives add up to the shared weight's: max|sum_t numeric step t - "
           "numeric total| = " + ", ".join(sums), 4)
-    P.say("the hand computation, the engine and the finite differences agree: OK" if not failures else
+    P.say("the hand computation, the engine, nn.RNN and the finite differences agree: OK" if not failures else
           f"the gradients disagree: MISMATCH ({', '.join(failures)})", 4)
     return failures
 

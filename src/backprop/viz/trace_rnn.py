@@ -15,7 +15,8 @@ as dC/dh_(t-1) = W_hh^T delta_t. W_xh, W_hh and b_h are shared by every step, so
 of one contribution per step: delta_t x_t^T, delta_t h_(t-1)^T and delta_t.
 
 Everything here is plain NumPy in float64 (the reference a learner follows), except
-:func:`engine_gradients`, which computes the same step with backprop's autograd, and the finite differences
+:func:`engine_gradients` and :func:`layer_gradients`, which compute the same step with backprop's autograd
+(from engine ops, and with the ``nn.RNN`` layer), and the finite differences
 (:func:`finite_differences`, :func:`per_step_finite_differences`), which check it from the definition of the
 derivative. The command's printing is :mod:`backprop.cli.trace_rnn`.
 
@@ -43,11 +44,13 @@ from typing import Any
 
 import numpy as np
 
+from backprop import nn
+from backprop.engine.random import get_rng
 from backprop.engine.tensor import Tensor
 from backprop.nn import functional as F
 
 __all__ = ["LOSSES", "PARAMETERS", "SHARED", "BPTTStep", "RNNWeights", "cost", "draw_example", "engine_gradients",
-           "finite_differences", "forward", "per_step_finite_differences", "unroll"]
+           "finite_differences", "forward", "layer_gradients", "per_step_finite_differences", "unroll"]
 
 LOSSES = ("quadratic", "cross_entropy")
 PARAMETERS = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
@@ -272,8 +275,9 @@ def engine_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "q
     The network is composed from engine ops (``@``, ``.T``, ``+``, ``.tanh()``) over one leaf tensor per
     parameter, so each shared weight enters the graph T times and the engine adds up its T gradients.
     """
-    # NOTE: composed rather than nn.RNN so that the check exercises the engine's own accumulation of a
-    # reused leaf's gradient (the sum this trace teaches), and stays independent of the recurrent layers.
+    # NOTE: composed from ops as well as checked through nn.RNN (layer_gradients): nn.RNN is one registered op
+    # with its own BPTT inside, so this is the route where the engine itself adds up a reused leaf's
+    # gradients, the sum this trace teaches.
     params = {k: Tensor(v.copy(), requires_grad=True) for k, v in w.as_dict().items()}
     x = np.asarray(x, dtype=np.float64)
     h = Tensor(np.zeros((1, w.sizes[1])))
@@ -292,6 +296,42 @@ def engine_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "q
     grads = {k: np.asarray(p.grad, dtype=np.float64).reshape(getattr(w, k).shape) for k, p in params.items()}
     return grads, float(c.item()), ("h = (x_t @ W_xh.T + h @ W_hh.T + b_h).tanh() for each step, "
                                     f"o = h @ W_hy.T + b_y, {desc}, then C.backward()")
+
+
+def layer_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "quadratic"
+                    ) -> tuple[dict[str, np.ndarray], float, str]:
+    """dC/dp for the five parameters from the library's layers: ``nn.RNN`` then ``nn.Linear`` on its h_n, float64.
+
+    ``nn.RNN`` has PyTorch's two biases; b_h goes in ``bias_ih_l0`` and ``bias_hh_l0`` is 0 (their sum is
+    what the step adds), so dC/db_h is ``bias_ih_l0``'s gradient (equal to ``bias_hh_l0``'s).
+    """
+    inputs, hidden, outputs = w.sizes
+    rng = get_rng()
+    state = rng.bit_generator.state  # NOTE: the layers draw initial weights: leave the global generator as it was
+    try:
+        rnn = nn.RNN(inputs, hidden, dtype=np.float64)
+        head = nn.Linear(hidden, outputs, dtype=np.float64)
+    finally:
+        rng.bit_generator.state = state
+    rnn.weight_ih_l0.data[...] = w.W_xh
+    rnn.weight_hh_l0.data[...] = w.W_hh
+    rnn.bias_ih_l0.data[...] = w.b_h
+    rnn.bias_hh_l0.data[...] = 0.0
+    head.weight.data[...] = w.W_hy
+    head.bias.data[...] = w.b_y
+    _, h_n = rnn(Tensor(np.asarray(x, dtype=np.float64)[:, None, :]))  # (T, batch 1, I): batch_first=False
+    o = head(h_n[0])
+    target = np.asarray(y, dtype=np.float64)[None, :]
+    c = F.mse_loss(o, target, reduction="sum") * 0.5 if loss == "quadratic" else F.cross_entropy(o, target)
+    c.backward()
+    grads = {"W_xh": rnn.weight_ih_l0.grad, "W_hh": rnn.weight_hh_l0.grad, "b_h": rnn.bias_ih_l0.grad,
+             "W_hy": head.weight.grad, "b_y": head.bias.grad}
+    desc = (f"_, h_n = nn.RNN({inputs}, {hidden})(x) with bias_ih_l0 = b_h and bias_hh_l0 = 0, "
+            f"o = nn.Linear({hidden}, {outputs})(h_n[0]), "
+            + ("C = 1/2 F.mse_loss(o, y, reduction='sum')" if loss == "quadratic" else "C = F.cross_entropy(o, y)")
+            + ", then C.backward()")
+    return {k: np.asarray(g, dtype=np.float64).reshape(getattr(w, k).shape) for k, g in grads.items()}, \
+        float(c.item()), desc
 
 
 def _central(f: Any, arr: np.ndarray, eps: float) -> np.ndarray:
