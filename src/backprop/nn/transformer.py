@@ -13,7 +13,7 @@ Vaswani et al. (2017), section 3.5, and ``PositionalEncoding`` adds it to a sequ
 >>> x = bp.tensor(np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32))
 >>> layer(x, is_causal=True).shape
 (3, 5, 8)
->>> sinusoidal_positional_encoding(4, 6)[1].round(3).tolist()   # position 1: sin/cos pairs, slower and slower
+>>> sinusoidal_positional_encoding(4, 6, dtype=np.float64)[1].round(3).tolist()   # position 1: sin/cos pairs, slower and slower
 [0.841, 0.54, 0.046, 0.999, 0.002, 1.0]
 """
 
@@ -46,7 +46,7 @@ def sinusoidal_positional_encoding(length: int, d_model: int, base: float = 1000
     """The (length, d_model) table PE[pos, 2i] = sin(pos / base^(2i / d_model)), PE[pos, 2i + 1] = cos(same),
     of "Attention Is All You Need" (base 10000). An odd ``d_model`` ends with a sine column.
 
-    >>> sinusoidal_positional_encoding(3, 4).round(4).tolist()
+    >>> sinusoidal_positional_encoding(3, 4, dtype=np.float64).round(4).tolist()
     [[0.0, 1.0, 0.0, 1.0], [0.8415, 0.5403, 0.01, 1.0], [0.9093, -0.4161, 0.02, 0.9998]]
     """
     if not small_int(length, 1) or not small_int(d_model, 1):
@@ -80,8 +80,8 @@ class PositionalEncoding(Module):
 
     >>> import backprop as bp
     >>> pe = PositionalEncoding(4, max_len=10)
-    >>> pe(bp.tensor(np.zeros((3, 1, 4), dtype=np.float32))).data[:, 0].round(4).tolist()
-    [[0.0, 1.0, 0.0, 1.0], [0.8415, 0.5403, 0.01, 1.0], [0.9093, -0.4161, 0.02, 0.9998]]
+    >>> pe(bp.tensor(np.zeros((3, 1, 4)))).data[:, 0].astype(float).round(3).tolist()
+    [[0.0, 1.0, 0.0, 1.0], [0.841, 0.54, 0.01, 1.0], [0.909, -0.416, 0.02, 1.0]]
     """
 
     keeps_shape = True
@@ -107,10 +107,14 @@ class PositionalEncoding(Module):
         if x.shape[-1] != self.d_model or length > self.max_len:
             raise ValueError(f"PositionalEncoding: input of shape {x.shape} must end with d_model={self.d_model} "
                              f"and have a length (axis {axis}) of at most max_len={self.max_len}")
-        table = self.pe[:length]
+        # NOTE: the whole buffer becomes the tensor and ops slice it: in a captured step (bp.jit) it is then a
+        # constant of its own shape, never mistaken for an array computed from a batch of the same length
+        table = Tensor(self.pe)[:length]
         if x.ndim == 3 and axis == 0:
-            table = table[:, None, :]
-        return self.dropout(x + Tensor(table.astype(x.dtype, copy=False)))
+            table = table.reshape(length, 1, self.d_model)
+        if table.dtype != x.dtype:
+            table = table.astype(x.dtype)
+        return self.dropout(x + table)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}, dropout={self.dropout.p}, batch_first={self.batch_first}"
