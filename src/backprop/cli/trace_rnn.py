@@ -34,6 +34,7 @@ import itertools
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ MAX_EVALUATIONS = 1_000_000  # RNN steps run by the finite differences (about 5 
 DETAIL_MAX_UNITS = 4  # write out every sum when no layer is wider than this
 SUM_MAX_STEPS = 10  # write out dC/dW[j,k] = contribution_T + .. + contribution_1 for at most this many steps
 ELEMENTWISE_MAX_PARAMETERS = 60  # list every parameter's update up to this many
+WIDTH = 110  # prose is wrapped at this many columns; numbers and formulas are not
 SHOW_MAX = 10  # matrices with more rows or columns than this are shown with "..."
 STEP_TABLE_MAX = 40  # the Jacobian table shows every step up to this many, then the first and last ones
 
@@ -234,6 +236,11 @@ class Printer:
     def say(self, text: str = "", indent: int = 0) -> None:
         self.lines.append(" " * indent + text if text else "")
 
+    def para(self, text: str, indent: int = 0) -> None:
+        """Prose, wrapped at WIDTH columns; continuation lines indented two more spaces."""
+        self.lines += textwrap.wrap(text, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                                    break_long_words=False, break_on_hyphens=False)
+
     def show(self, name: str, value: np.ndarray, indent: int = 4, note: str = "") -> None:
         """``name = value``: a vector inline, a matrix on aligned lines (``note`` after the first line)."""
         value = np.asarray(value)
@@ -350,12 +357,13 @@ def cmd_trace_rnn(args: argparse.Namespace) -> int:
 def _heading(P: Printer, args: argparse.Namespace, w: RNNWeights, T: int) -> None:
     inputs, hidden, outputs = w.sizes
     P.say(f"backprop trace --model rnn: one training step of a {inputs}-{hidden}-{outputs} recurrent network "
-          f"unrolled over T = {T} step{'s' if T > 1 else ''}, computed by hand in float64")
-    P.say(f"tanh hidden units, one output after the last step (many-to-one), "
+          f"unrolled over T = {T} step{'s' if T > 1 else ''}, by hand in float64")
+    P.para(f"tanh hidden units, one output after the last step (many-to-one), "
           f"{'quadratic cost' if args.loss == 'quadratic' else 'softmax outputs and cross-entropy cost'}, "
           f"learning rate eta = {args.lr:g}, {w.count()} parameters")
-    P.say(f"notation: vectors are columns, written (v0, v1, ...); W[j,k] is the weight from unit k to unit j; "
-          f"steps t = 1..{T}; indices start at 0; delta_t = dC/dz_t")
+    P.say("notation: vectors are columns, written (v0, v1, ...); W[j,k] is the weight from unit k to unit j "
+          "(indices from 0)")
+    P.say(f"time steps t = 1..{T}; delta_t = dC/dz_t is the error at step t")
 
 
 def _network(P: Printer, w: RNNWeights, T: int, quadratic: bool, origin: str) -> None:
@@ -364,9 +372,9 @@ def _network(P: Printer, w: RNNWeights, T: int, quadratic: bool, origin: str) ->
     P.say("(1) The network and its initial weights")
     P.say(f"z_t = W_xh x_t + W_hh h_(t-1) + b_h,  h_t = tanh(z_t)   for t = 1..{T}, from h_0 = 0", 4)
     P.say(f"o = W_hy h_{T} + b_y,  y_hat = {'o' if quadratic else 'softmax(o)'}   (one output, after the last step)", 4)
-    P.say(f"W_xh is {hidden}x{inputs}, W_hh {hidden}x{hidden}, b_h has {hidden}: the SAME at every step (shared "
+    P.para(f"W_xh is {hidden}x{inputs}, W_hh {hidden}x{hidden}, b_h has {hidden}: the SAME at every step (shared "
           f"through time); W_hy is {outputs}x{hidden}, b_y has {outputs}: used once", 4)
-    P.say(origin, 4)
+    P.para(origin, 4)
     for name in PARAMETERS:
         P.show(name, getattr(w, name))
 
@@ -376,7 +384,7 @@ def _forward(P: Printer, s: BPTTStep, args: argparse.Namespace, detail: bool) ->
     P.say()
     P.say("(2) Forward pass, step by step: z_t = W_xh x_t + W_hh h_(t-1) + b_h, h_t = tanh(z_t)")
     if args.x is None:
-        P.say(f"the sequence x_1..x_{T}, drawn with --seed {args.seed} from U(-1, 1), rounded to 2 decimals", 4)
+        P.para(f"the sequence x_1..x_{T}, drawn with --seed {args.seed} from U(-1, 1), rounded to 2 decimals", 4)
     P.show("h_0", s.h[0])
     for t in range(1, T + 1):
         P.say(f"step {t}:", 4)
@@ -444,7 +452,7 @@ def _backward(P: Printer, s: BPTTStep, detail: bool) -> None:
         P.show(f"delta_{t} x_{t}^T", s.contributions["W_xh"][t], indent=8, note="(to dC/dW_xh)")
         P.show(f"delta_{t}", s.contributions["b_h"][t], indent=8, note="(to dC/db_h)")
         to = f"step {t - 1}" if t > 1 else "h_0"
-        P.say(f"passes back to {to}: dC/dh_{t - 1} = W_hh^T delta_{t}, the transposed weights times the error", 6)
+        P.para(f"passes back to {to}: dC/dh_{t - 1} = W_hh^T delta_{t}, the transposed weights times the error", 6)
         P.show("W_hh^T", w.W_hh.T, indent=8)
         P.show(f"delta_{t}", s.delta[t], indent=8)
         P.show(f"dC/dh_{t - 1} = W_hh^T delta_{t}", s.back[t], indent=8)
@@ -453,14 +461,14 @@ def _backward(P: Printer, s: BPTTStep, detail: bool) -> None:
                 terms = " + ".join(f"{P.term(w.W_hh[j, k])}*{P.term(s.delta[t][j])}" for j in range(len(s.delta[t])))
                 P.say(f"dC/dh_{t - 1}[{k}] = {terms} = {P.num(s.back[t][k])}", 10)
         if t == 1:
-            P.say("h_0 is a fixed zero state here, not learned: the error stops at the start of the sequence", 8)
+            P.para("h_0 is a fixed zero state here, not learned: the error stops at the start of the sequence", 8)
 
 
 def _sums(P: Printer, s: BPTTStep, detail: bool) -> None:
     T = s.steps
     P.say()
     P.say("(5) The shared weights' gradients: the sum of the per-step contributions")
-    P.say("W_xh, W_hh and b_h are used at every step, so C depends on them through every z_t and dC/dW is the "
+    P.para("W_xh, W_hh and b_h are used at every step, so C depends on them through every z_t and dC/dW is the "
           "sum over t of each step's share:", 4)
     formulas = {"W_hh": ("delta_t h_(t-1)^T", lambda t: f"delta_{t} h_{t - 1}^T"),
                 "W_xh": ("delta_t x_t^T", lambda t: f"delta_{t} x_{t}^T"),
@@ -485,10 +493,12 @@ def _vanishing(P: Printer, s: BPTTStep) -> None:
     w_norm = float(np.linalg.norm(s.weights.W_hh, 2))
     P.say()
     P.say("(6) Why gradients vanish or explode: on its way back the error crosses one Jacobian per step")
-    P.say("dh_t/dh_(t-1) = J_t = diag(1 - h_t^2) W_hh, and dC/dh_(t-1) = J_t^T dC/dh_t, so dC/dh_t = "
-          f"(dh_{T}/dh_t)^T dC/dh_{T} with dh_{T}/dh_t = J_{T} .. J_(t+1)", 4)
-    P.say(f"||dh_{T}/dh_t|| <= ||J_(t+1)|| .. ||J_{T}||, ||.|| the spectral norm (the largest singular value), "
-          f"and ||J_t|| <= max_j (1 - h_t[j]^2) ||W_hh|| <= ||W_hh|| = {P.num(w_norm)}", 4)
+    P.say("the Jacobian of a step is J_t = dh_t/dh_(t-1) = diag(1 - h_t^2) W_hh, and dC/dh_(t-1) = J_t^T dC/dh_t, so",
+          4)
+    P.say(f"dC/dh_t = (dh_{T}/dh_t)^T dC/dh_{T}   with   dh_{T}/dh_t = J_{T} .. J_(t+1)", 6)
+    P.say(f"||dh_{T}/dh_t|| <= ||J_{T}|| .. ||J_(t+1)||   and   ||J_t|| <= max_j (1 - h_t[j]^2) ||W_hh|| <= "
+          f"||W_hh|| = {P.num(w_norm)}", 6)
+    P.say("(||.|| is the spectral norm, the largest singular value)", 4)
     P.say(f"{'t':>4}  {'||J_t||':>12}  {'prod_(s>t) ||J_s||':>18}  {f'||dh_{T}/dh_t||':>14}  "
           f"{'||dC/dh_t||':>12}  {'||delta_t||':>12}", 4)
     shown: list[int | None] = list(range(T, -1, -1))
@@ -506,18 +516,18 @@ def _vanishing(P: Printer, s: BPTTStep) -> None:
     # NOTE: the verdict reads the actual product dh_T/dh_0, not the bound: a product of matrices can shrink
     # while the product of their norms grows (rotations), and a learner should see the error that arrives.
     rate = float(reach[0]) ** (1.0 / T)
-    P.say(f"the error reaching h_0 has crossed {T} Jacobian{'s' if T > 1 else ''}: ||dh_{T}/dh_0|| = "
+    P.para(f"the error reaching h_0 has crossed {T} Jacobian{'s' if T > 1 else ''}: ||dh_{T}/dh_0|| = "
           f"{P.norm(reach[0])}, a factor of {rate:.3g} per step on average (the bound prod ||J_t|| is "
           f"{P.norm(bounds[0])})", 4)
     ratio = np.linalg.norm(s.delta[1]) / max(float(np.linalg.norm(s.delta[T])), 1e-300)
-    P.say(f"at that rate the error shrinks or grows {rate ** 10:.3g}x over 10 steps and {rate ** 100:.3g}x over "
-          f"100; here ||delta_1|| is {ratio:.3g}x ||delta_{T}||", 4)
+    P.para(f"at that rate the error that reaches back 10 steps is {rate ** 10:.3g}x what left, 100 steps "
+           f"{rate ** 100:.3g}x; here ||delta_1|| is {ratio:.3g}x ||delta_{T}||", 4)
     if rate < 1:
-        P.say("below 1: the error fades geometrically as it goes back (vanishing gradients), so the early steps "
+        P.para("below 1: the error fades geometrically as it goes back (vanishing gradients), so the early steps "
               "barely move the shared weights and the network cannot learn long-range dependencies; gated cells "
               "(LSTM, GRU) keep a path along which it does not fade", 4)
     else:
-        P.say("above 1: the error grows geometrically as it goes back (exploding gradients) and one step can "
+        P.para("above 1: the error grows geometrically as it goes back (exploding gradients) and one step can "
               "throw the weights far; clip_grad_norm_ caps the step", 4)
 
 
@@ -531,11 +541,13 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
     per_step = bptt.per_step_finite_differences(w, x, y, s.loss)
     P.say()
     P.say("(7) Check: the same numbers by three other routes")
-    P.say("autograd: backprop's engine in float64, the network composed from engine ops (one tensor per "
+    P.para("autograd: backprop's engine in float64, the network composed from engine ops (one tensor per "
           "parameter, so each shared weight is used at every step and the engine adds up its gradients):", 4)
-    P.say(engine_desc, 6)
-    P.say("nn.RNN: the library's recurrent layer (one op, with its own backward through time), float64:", 4)
-    P.say(layer_desc, 6)
+    for statement in engine_desc.split("; "):
+        P.say(statement, 6)
+    P.para("nn.RNN: the library's recurrent layer (one op, with its own backward through time), float64:", 4)
+    for statement in layer_desc.split("; "):
+        P.say(statement, 6)
     P.say(f"numeric: central finite differences (C(p + eps) - C(p - eps)) / (2 eps), eps = {bptt.FD_EPS:g}, float64",
           4)
     P.say(f"cost C: by hand {P.num(s.cost)}, autograd {P.num(engine_cost)}, nn.RNN {P.num(layer_cost)}", 4)
@@ -555,9 +567,9 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
             failures.append(f"dC/d{name}")
         P.say(f"{'dC/d' + name:<10}  {d_engine:>20.1e}  {d_layer:>18.1e}  {d_numeric:>19.1e}  "
               f"{'OK' if ok else 'MISMATCH'}", 4)
-    P.say("each step's factors, numerically, on the network unrolled in time: it has one copy of W_xh, W_hh and "
+    P.para("each step's factors, numerically, on the network unrolled in time: it has one copy of W_xh, W_hh and "
           "b_h per step, all equal;", 4)
-    P.say("the derivative with respect to step t's copy alone is step t's contribution (b_h's is delta_t, since "
+    P.para("the derivative with respect to step t's copy alone is step t's contribution (b_h's is delta_t, since "
           "dz_t/db_h = 1), and shifting h_t alone gives dC/dh_t", 4)
     P.say(f"{'step':>4}  {'dC/dh_t':>9}  {'delta_t':>9}  {'delta_t h_(t-1)^T':>17}  {'delta_t x_t^T':>13}  result", 4)
     for t in range(T, -1, -1):
@@ -585,8 +597,8 @@ def _check(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray) -> list[str]:
         if not ok:
             failures.append(f"sum of the numeric per-step {k}")
         sums.append(f"{k} {d:.1e} {'OK' if ok else 'MISMATCH'}")
-    P.say("numerically alone, the per-step derivatives add up to the shared weight's: max|sum_t numeric step t - "
-          "numeric total| = " + ", ".join(sums), 4)
+    P.para("numerically alone, the per-step derivatives add up to the shared weight's derivative (max|difference|): "
+           + ", ".join(sums), 4)
     P.say("the hand computation, the engine, nn.RNN and the finite differences agree: OK" if not failures else
           f"the gradients disagree: MISMATCH ({', '.join(failures)})", 4)
     return failures
@@ -596,8 +608,7 @@ def _update(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray, lr: float) ->
     w = s.weights
     new = w.step(s.grads, lr)
     P.say()
-    P.say(f"(8) The update, gradient descent with eta = {lr:g}: every parameter p <- p - eta dC/dp (the shared "
-          "ones by their summed gradients)")
+    P.say(f"(8) The update, gradient descent with eta = {lr:g}: p <- p - eta dC/dp for every parameter")
     if w.count() <= ELEMENTWISE_MAX_PARAMETERS:
         rows = []
         for name in PARAMETERS:
@@ -617,5 +628,5 @@ def _update(P: Printer, s: BPTTStep, x: np.ndarray, y: np.ndarray, lr: float) ->
     P.say(f"cost after the step:  C = {P.num(after)}", 4)
     change = after - s.cost
     verdict = "decreased" if change < 0 else "did not decrease (try a smaller --lr)"
-    P.say(f"change {P.num(change)}: the cost {verdict}; to first order the change is -eta ||grad C||^2 = "
+    P.para(f"change {P.num(change)}: the cost {verdict}; to first order the change is -eta ||grad C||^2 = "
           f"{P.num(-lr * sq)}", 4)

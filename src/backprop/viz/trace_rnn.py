@@ -270,7 +270,8 @@ def unroll(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "quadratic")
 # --------------------------------------------------------------------------------------- the checks
 def engine_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "quadratic"
                      ) -> tuple[dict[str, np.ndarray], float, str]:
-    """dC/dp for the five parameters from backprop's autograd, float64; also C and a one-line description.
+    """dC/dp for the five parameters from backprop's autograd, float64; also C and the code, statements
+    separated by '; '.
 
     The network is composed from engine ops (``@``, ``.T``, ``+``, ``.tanh()``) over one leaf tensor per
     parameter, so each shared weight enters the graph T times and the engine adds up its T gradients.
@@ -294,13 +295,14 @@ def engine_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "q
         desc = "C = F.cross_entropy(o, y)"
     c.backward()
     grads = {k: np.asarray(p.grad, dtype=np.float64).reshape(getattr(w, k).shape) for k, p in params.items()}
-    return grads, float(c.item()), ("h = (x_t @ W_xh.T + h @ W_hh.T + b_h).tanh() for each step, "
-                                    f"o = h @ W_hy.T + b_y, {desc}, then C.backward()")
+    return grads, float(c.item()), ("h = (x_t @ W_xh.T + h @ W_hh.T + b_h).tanh() for each step; "
+                                    f"o = h @ W_hy.T + b_y; {desc}; C.backward()")
 
 
 def layer_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "quadratic"
                     ) -> tuple[dict[str, np.ndarray], float, str]:
-    """dC/dp for the five parameters from the library's layers: ``nn.RNN`` then ``nn.Linear`` on its h_n, float64.
+    """dC/dp for the five parameters from the library's layers: ``nn.RNN`` then ``nn.Linear`` on its h_n, float64;
+    also C and the code, statements separated by '; '.
 
     ``nn.RNN`` has PyTorch's two biases; b_h goes in ``bias_ih_l0`` and ``bias_hh_l0`` is 0 (their sum is
     what the step adds), so dC/db_h is ``bias_ih_l0``'s gradient (equal to ``bias_hh_l0``'s).
@@ -326,10 +328,10 @@ def layer_gradients(w: RNNWeights, x: np.ndarray, y: np.ndarray, loss: str = "qu
     c.backward()
     grads = {"W_xh": rnn.weight_ih_l0.grad, "W_hh": rnn.weight_hh_l0.grad, "b_h": rnn.bias_ih_l0.grad,
              "W_hy": head.weight.grad, "b_y": head.bias.grad}
-    desc = (f"_, h_n = nn.RNN({inputs}, {hidden})(x) with bias_ih_l0 = b_h and bias_hh_l0 = 0, "
-            f"o = nn.Linear({hidden}, {outputs})(h_n[0]), "
+    desc = (f"_, h_n = nn.RNN({inputs}, {hidden})(x) with bias_ih_l0 = b_h and bias_hh_l0 = 0; "
+            f"o = nn.Linear({hidden}, {outputs})(h_n[0]); "
             + ("C = 1/2 F.mse_loss(o, y, reduction='sum')" if loss == "quadratic" else "C = F.cross_entropy(o, y)")
-            + ", then C.backward()")
+            + "; C.backward()")
     return {k: np.asarray(g, dtype=np.float64).reshape(getattr(w, k).shape) for k, g in grads.items()}, \
         float(c.item()), desc
 
