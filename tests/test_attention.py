@@ -551,6 +551,9 @@ def test_onnx_refusals_name_the_problem(tmp_path):
     mha = nn.MultiheadAttention(4, 2)
     with pytest.raises(ValueError, match=r"MultiheadAttention.*expected a query of shape"):
         bonnx.export(nn.Sequential(mha), tmp_path / "m.onnx", np.zeros((2, 3, 3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="key_padding_mask must be a graph input"):
+        bonnx.export(mha, tmp_path / "m.onnx", {"query": np.zeros((3, 2, 4), dtype=np.float32),
+                                                "key_padding_mask": [[False, True, False]] * 2})
     with pytest.raises(ValueError, match="output_name names 2"):
         bonnx.export(mha, tmp_path / "m.onnx", {"query": np.zeros((3, 2, 4), dtype=np.float32),
                                                 "need_weights": False}, output_name=["a", "b"])
@@ -625,6 +628,41 @@ def test_captured_transformer_step_equals_eager():
     assert jitted.captures == 1
     for (name, p), q in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+def test_captured_step_follows_a_mask_passed_in_and_refuses_one_made_inside():
+    """A key_padding_mask given to the step is an input of the captured plan (new masks, new results); one made
+    from the batch with NumPy inside the step would be frozen by a replay, so the capture refuses it."""
+    from backprop.engine.capture import CaptureError
+
+    def make():
+        bp.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        return layer, bp.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+
+    def make_step(layer, opt, inside=False):
+        def step(x, kpm):
+            if inside:
+                kpm = x[..., 0] > 0.5
+            out = layer(bp.Tensor(x), src_key_padding_mask=kpm)
+            loss = (out * out).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+    eager, jitted = make_step(*make()), bp.jit(make_step(*make()), fallback="error")
+    rng = np.random.default_rng(20)
+    for _ in range(4):
+        x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+        kpm = _mask(rng, (3, 5), "bool")
+        assert eager(x, kpm).item() == jitted(x, kpm).item()
+    assert jitted.captures == 1
+    refused = bp.jit(make_step(*make(), inside=True), fallback="error")
+    with pytest.raises(CaptureError, match="shaped like the batch"):
+        refused(x, kpm)
 
 
 def test_one_layer_transformer_learns_to_reverse_sequences():

@@ -42,6 +42,7 @@ from backprop.nn.registry import SIZE, Arg, Example, layer_type, small_int
 
 __all__ = [
     "MaskedSoftmax", "MultiheadAttention", "attention_onnx", "generate_square_subsequent_mask", "masked_softmax",
+    "onnx_mask",
 ]
 
 
@@ -80,23 +81,31 @@ class MaskedSoftmax(Function):
 
     @staticmethod
     def kernel_forward(x, masks=(), shapes=()):
-        z = x
+        z = None  # NOTE: x is never written: it is the op's input (another op's output, or the user's array)
         for i, m in enumerate(masks):
             if i < len(shapes) and shapes[i]:
                 m = m.reshape(shapes[i])
-            # NOTE: new arrays, never in place: x is the op's input (another op's output, or the user's array)
-            z = np.where(m, -np.inf, z).astype(x.dtype, copy=False) if m.dtype == np.bool_ else z + m.astype(x.dtype)
-        top = z.max(axis=-1, keepdims=True)
+            if m.dtype == np.bool_:
+                if z is None:
+                    z = x.copy()
+                np.copyto(z, -np.inf, where=m)
+            else:
+                z = x + m.astype(x.dtype, copy=False) if z is None else z.__iadd__(m.astype(x.dtype, copy=False))
+        top = (x if z is None else z).max(axis=-1, keepdims=True)
         dead = top == -np.inf  # NOTE: every key masked: exp(-inf - -inf) would be NaN
-        if dead.any():
-            top = np.where(dead, 0.0, top).astype(x.dtype, copy=False)
-        e = z - top
-        np.exp(e, out=e)
-        total = e.sum(axis=-1, keepdims=True)
-        if dead.any():
+        any_dead = bool(dead.any())
+        if any_dead:
+            top[dead] = 0.0
+        if z is None:
+            z = x - top
+        else:
+            z -= top
+        np.exp(z, out=z)
+        total = z.sum(axis=-1, keepdims=True)
+        if any_dead:
             total[dead] = 1.0  # 0 / 1: the dead row stays 0
-        e /= total
-        return e, e
+        z /= total
+        return z, z
 
     @staticmethod
     def kernel_backward(s, g, needs):  # J^T g = s * (g - <g, s>): zero on a dead row, where s is 0
@@ -143,7 +152,9 @@ def _mask_array(mask: Any, name: str) -> np.ndarray | Tensor:
     if arr.dtype != np.bool_ and arr.dtype.kind != "f":
         raise TypeError(f"MultiheadAttention: {name} must be a bool mask (True: not allowed) or a float mask (added "
                         f"to the scores), got dtype {arr.dtype}")
-    return arr
+    # NOTE: seen as a tensor, so that a captured step (bp.jit) follows a mask passed in as an input of the step and
+    # refuses (runs eagerly) one computed from the batch with NumPy, which a replay would keep; the same array
+    return Tensor(arr).data
 
 
 def _attention_args(embed_dim: Any, num_heads: Any, dropout: Any, kdim: Any, vdim: Any) -> None:
@@ -388,12 +399,21 @@ class MultiheadAttention(Module):
         v_name = k_name if value is None and key is not None else (query if value is None else value)
         q_shape = g.in_shape
         k_shape = q_shape if k_name == query else g.example(k_name).shape
-        masks = []
-        for name in (key_padding_mask, attn_mask):
-            masks.append(None if name is None else (name, g.example(name)))
+        masks = [onnx_mask(g, name, what) for name, what in ((key_padding_mask, "key_padding_mask"),
+                                                               (attn_mask, "attn_mask"))]
         out, weights = attention_onnx(self, g, query, k_name, v_name, q_shape, k_shape, masks[0], masks[1],
                                       bool(is_causal), bool(need_weights), bool(average_attn_weights))
         return out if weights is None else (out, weights)
+
+
+def onnx_mask(g: OnnxGraph, name: Any, what: str) -> tuple[str, np.ndarray] | None:
+    """A mask argument of an export: None, or (its graph input's name, its example value)."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise g.error(f"{what} must be a graph input: give it as an array in the dict of inputs, got "
+                      f"{type(name).__name__}")
+    return name, g.example(name)
 
 
 def _self_attention(T: Any) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 
 import backprop.nn.functional as F
 from backprop.engine.tensor import DEFAULT_DTYPE, Tensor
-from backprop.nn.attention import MultiheadAttention, attention_onnx
+from backprop.nn.attention import MultiheadAttention, attention_onnx, onnx_mask
 from backprop.nn.contract import OnnxGraph
 from backprop.nn.layers import GELU, Dropout, Linear
 from backprop.nn.module import Module, ModuleList
@@ -232,8 +232,8 @@ class TransformerEncoderLayer(Module):
         """Its sub-layers' nodes (MultiheadAttention's, LayerNormalization, MatMul/Gemm, Relu or Gelu) and the
         residual Adds; the masks are graph inputs (a dict of inputs to ``export``), ``is_causal`` a constant."""
         shape = g.in_shape
-        kpm = None if src_key_padding_mask is None else (src_key_padding_mask, g.example(src_key_padding_mask))
-        am = None if src_mask is None else (src_mask, g.example(src_mask))
+        kpm = onnx_mask(g, src_key_padding_mask, "src_key_padding_mask")
+        am = onnx_mask(g, src_mask, "src_mask")
 
         def sa(x: str) -> str:
             out, _ = attention_onnx(self.self_attn, _Scoped(g, "self_attn"), x, x, x, shape, shape, kpm, am,
