@@ -422,6 +422,22 @@ def test_safetensors_round_trip_with_torch(name, tmp_path):
     np.testing.assert_allclose(run_ours(ours), run_theirs(theirs), rtol=1e-5, atol=1e-5)
 
 
+def test_a_crafted_encoder_config_is_checked_before_anything_is_built():
+    def build(layer, max_weights=10_000):
+        return bio.model_from_config({"type": "TransformerEncoder", "args": {"encoder_layer": layer, "num_layers": 2}},
+                                     max_weights=max_weights)
+
+    with pytest.raises(ValueError, match="needs at least"):
+        build({"d_model": 4096, "nhead": 1})
+    with pytest.raises(ValueError, match="argument 'd_model': expected an integer"):
+        build({"d_model": "x", "nhead": 1})
+    with pytest.raises(ValueError, match="takes no argument 'colour'"):
+        build({"d_model": 4, "nhead": 2, "dim_feedforward": 8, "colour": 1})
+    with pytest.raises(ValueError, match=r"lacks \['d_model'\]"):
+        build({"nhead": 2})
+    assert build({"d_model": 4, "nhead": 2, "dim_feedforward": 8}).layers[1].linear1.weight.shape == (8, 4)
+
+
 # --------------------------------------------------------------------------------------------- ONNX
 def _ort(path):
     ort = pytest.importorskip("onnxruntime")

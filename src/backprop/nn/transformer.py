@@ -141,7 +141,8 @@ def _layer_weights(kw: Mapping[str, Any]) -> int:
 
 
 @layer_type({
-    "d_model": SIZE, "nhead": SIZE, "dim_feedforward": SIZE,
+    "d_model": SIZE, "nhead": SIZE,
+    "dim_feedforward": Arg(int, check=lambda v: small_int(v, 1), expect="an integer in [1, 2**20]"),
     "dropout": Arg(float, check=lambda v: 0.0 <= v < 1.0, expect="a number in [0, 1)", get=lambda m: m.dropout.p),
     "activation": Arg(str, check=lambda v: v in _ACTIVATIONS, expect="'relu' or 'gelu'"),
     "layer_norm_eps": Arg(float, check=lambda v: v > 0, expect="a number > 0", get=lambda m: m.norm1.eps),
