@@ -10,7 +10,7 @@ Each subcommand lives in its own module (``train``, ``evaluate``, ``trace``, ``e
 print one line on stderr and exit with code 2 (``--debug`` shows the traceback).
 
 >>> sorted(COMMANDS)
-['evaluate', 'export', 'predict', 'trace', 'train']
+['evaluate', 'export', 'playground', 'predict', 'trace', 'train']
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from backprop import __version__
-from backprop.cli import evaluate, export, trace, train
+from backprop.cli import evaluate, export, playground, trace, train
 from backprop.cli.options import EXIT_USAGE, CLIError
 from backprop.extras import MissingExtra
 
 COMMANDS = {"train": train.cmd_train, "evaluate": evaluate.cmd_evaluate, "predict": evaluate.cmd_predict,
-            "trace": trace.cmd_trace, "export": export.cmd_export}
+            "trace": trace.cmd_trace, "export": export.cmd_export, "playground": playground.cmd_playground}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(sub)
     trace.add_parser(sub)
     export.add_parser(sub)
+    playground.add_parser(sub)
     return parser
 
 

@@ -57,8 +57,8 @@ __all__ = ["ACTIVATION_MODULES", "ENGINE_LOCK", "Data", "Diverged", "Session", "
 ENGINE_LOCK = threading.RLock()
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid,
                                                   "linear": nn.Identity, "gelu": nn.GELU}
-HEAT = 40  # the heat map's grid: HEAT x HEAT points of the input plane
-THUMB = 20  # each neuron's thumbnail: every other point of that grid
+HEAT = 64  # the heat map's grid: HEAT x HEAT points of the input plane
+THUMB = HEAT // 2  # each neuron's thumbnail: every other point of that grid
 HISTORY = 1000  # loss-curve points kept by the page before it halves them (the page's memory stays flat)
 
 
@@ -258,6 +258,7 @@ class Session:
         self.iterations_per_epoch = len(self.batches)
         self.iteration = self.epoch = self.epoch_iteration = self.samples_seen = 0
         self.phase = "idle"  # idle | forward | backward | update: how far the current iteration has gone
+        self.view = "step"  # "play" after run(), "step" after step()/substep(): what the page puts on the edges
         self.batch: Batch | None = None
         self.loss: Tensor | None = None
         self.batch_loss: float | None = None
@@ -337,6 +338,7 @@ class Session:
 
     def substep(self) -> str:
         """Advance the current iteration by one piece: forward, then backward, then update; returns the piece."""
+        self.view = "step"
         with self.engine():
             if self.phase in ("idle", "update"):
                 self._forward()
@@ -363,6 +365,7 @@ class Session:
         if self.phase in ("forward", "backward"):
             self.step()
             done += 1
+        self.view = "play"
         with self.engine():
             while done < n and not self.stopped:
                 self.batch = self._next_batch()
@@ -437,7 +440,8 @@ class Session:
         if self._evaluated is not None and self._evaluated[0] == self.iteration:
             return self._evaluated[1]
         d = self.data
-        with self.engine():
+        # NOTE: a diverging run's loss may overflow: it is shown as such (null), not warned about every frame
+        with self.engine(), np.errstate(over="ignore", invalid="ignore"):
             losses = {}
             outputs = {}
             for name, f, y in (("train", d.f_train, d.y_train), ("test", d.f_test, d.y_test)):
@@ -576,7 +580,7 @@ class Session:
         frame: dict[str, Any] = {
             "type": "frame",
             "iteration": self.iteration, "epoch": self.epoch, "epoch_iteration": self.epoch_iteration,
-            "samples_seen": self.samples_seen, "phase": self.phase, "lr": lr,
+            "samples_seen": self.samples_seen, "phase": self.phase, "view": self.view, "lr": lr,
             "batch_loss": self.batch_loss if self.batch_loss is None or math.isfinite(self.batch_loss) else None,
             "stopped": self.stopped,
             **ev,
