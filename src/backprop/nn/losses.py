@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,6 +95,7 @@ def _per_sample_sum(t: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------ cross-entropy, fused
 _CE_TARGET = np.array([2, 0, 1, 2])
+_CE_STEPS = np.array([[3, 0, 1], [2, 2, 0]])  # (N, T) classes for (N, T, C) logits
 _CE_PROBS = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.8, 0.1], [0.25, 0.25, 0.5]])
 
 
@@ -109,12 +111,21 @@ _CE_PROBS = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.8, 0.1], [0.25, 
          lambda T, z: T.nn.functional.cross_entropy(z, T.tensor(_CE_PROBS), label_smoothing=0.2)),
     Case("ce one sample", lambda z: cross_entropy(z, np.array(1)), [sample((3,), seed=4)],
          lambda T, z: T.nn.functional.cross_entropy(z, T.tensor(1))),
+    Case("ce per step (N, T, C)", lambda z: cross_entropy(z, _CE_STEPS, label_smoothing=0.1),
+         [sample((2, 3, 4), seed=5)],
+         lambda T, z: T.nn.functional.cross_entropy(z.transpose(1, 2), T.tensor(_CE_STEPS), label_smoothing=0.1)),
+    Case("ce per step none", lambda z: cross_entropy(z, _CE_STEPS, reduction="none"), [sample((2, 3, 4), seed=6)],
+         lambda T, z: T.nn.functional.cross_entropy(z.transpose(1, 2), T.tensor(_CE_STEPS), reduction="none")),
 ))
 class CrossEntropy(Function):
     """Softmax cross-entropy from logits (N, C), fused: loss_i = logsumexp(z_i) - sum_c q_ic z_ic."""
 
     @staticmethod
     def kernel_forward(z, target=None, reduction="mean", label_smoothing=0.0):
+        shape = z.shape
+        if z.ndim > 2:  # (N, ..., C): one row per position
+            z = z.reshape(-1, shape[-1])
+            target = target.reshape(-1) if target.ndim == len(shape) - 1 else target.reshape(-1, shape[-1])
         n, c = z.shape
         shifted = z - z.max(axis=1, keepdims=True)  # NOTE: the max shifted out: exp never overflows
         e = np.exp(shifted)
@@ -133,16 +144,16 @@ class CrossEntropy(Function):
             if eps:
                 q = q * (1 - eps) + eps / c
             loss = -(q * logp).sum(axis=1)
-        saved = (p, target, q, eps, reduction)
+        saved = (p, target, q, eps, reduction, shape)
         if reduction == "mean":  # NOTE: loss.mean()'s own arithmetic (a pairwise sum, then / n), without its Python
             return np.asarray(np.add.reduce(loss) / n, dtype=z.dtype), saved
         if reduction == "sum":
             return np.asarray(loss.sum(), dtype=z.dtype), saved
-        return loss.astype(z.dtype, copy=False), saved
+        return loss.astype(z.dtype, copy=False).reshape(shape[:-1]), saved
 
     @staticmethod
     def kernel_backward(saved, g, needs):  # d loss_i / d z_i = softmax(z_i) * sum(q_i) - q_i
-        p, target, q, eps, reduction = saved
+        p, target, q, eps, reduction, shape = saved
         n, c = p.shape
         if q is None:
             grad = p - eps / c if eps else p.copy()
@@ -150,16 +161,18 @@ class CrossEntropy(Function):
         else:
             grad = p * q.sum(axis=1, keepdims=True) - q
         if reduction == "none":
-            return grad * g[:, None]
+            return (grad * g.reshape(-1)[:, None]).reshape(shape)
         scale = g / n if reduction == "mean" else g
         grad *= scale
-        return grad
+        return grad.reshape(shape)
 
 
 def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy between softmax(logits) and a target of class indices (N,) or probabilities (N, C).
 
     Stable for any logits: computed from log-softmax with the row maximum subtracted. ``"none"`` gives (N,).
+    Logits (N, ..., C) (a class at every step of a sequence) take class indices (N, ...) or probabilities
+    (N, ..., C): each position is one term of the mean, and ``"none"`` gives (N, ...).
     """
     target = np.asarray(target.data if isinstance(target, Tensor) else target)
     if reduction not in _REDUCTIONS:
@@ -170,15 +183,17 @@ def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean", label_sm
         out = cross_entropy(logits.reshape(1, -1), target.reshape(-1 if target.ndim == 0 else (1, -1)),
                             reduction, label_smoothing)
         return out.reshape(()) if reduction == "none" else out
-    if logits.ndim != 2:
-        raise ValueError(f"cross_entropy: logits must have shape (N, C), got {logits.shape}")
-    n, c = logits.shape
-    if target.ndim == 1:
-        _check_target(target, n, c)
-    elif target.shape != (n, c):
+    if logits.ndim < 2:
+        raise ValueError(f"cross_entropy: logits must have shape (N, C) or (N, ..., C), got {logits.shape}")
+    # NOTE: (N, ..., C) logits (a class per step of a sequence) with targets (N, ...) are every position a
+    # sample of its own, the class axis last (Keras's convention; PyTorch puts it second); "none" gives (N, ...)
+    lead, c = logits.shape[:-1], logits.shape[-1]
+    if target.shape == lead:
+        _check_target(target.reshape(-1), math.prod(lead), c)
+    elif target.shape != logits.shape:
         raise ValueError(
-            f"cross_entropy: target must be class indices of shape ({n},) or probabilities of shape ({n}, {c}), "
-            f"got {target.shape}"
+            f"cross_entropy: target must be class indices of shape {lead} or probabilities of shape "
+            f"{logits.shape}, got {target.shape}"
         )
     return CrossEntropy.apply(logits, target=target, reduction=reduction, label_smoothing=label_smoothing)
 
