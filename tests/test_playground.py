@@ -247,6 +247,13 @@ def test_acceptance_circle_and_spiral_learn_on_the_engine():
     assert s.evaluate()["accuracy"] > 0.95, s.evaluate()
 
 
+def test_the_stop_condition_fires_once():
+    s = Session(small(stop_iterations=30, stop_loss=100.0))
+    assert s.run(1000) == 1 and s.stopped.startswith("test loss")  # the loss is below 100 at once
+    s.stopped = None  # what play does: go on past the condition
+    assert s.run(50) == 50 and s.stopped is None and s.iteration == 51
+
+
 def test_the_same_config_trains_the_same_weights_to_the_bit():
     c = small(dataset="xor", dropout=0.2, optimizer="adam", schedule="step", decay_steps=50, points=((1, 1, 0),))
     a, b = Session(c), Session(c)

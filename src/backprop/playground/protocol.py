@@ -286,8 +286,12 @@ class Worker:
         s = self.session
         if self.speed == "max":  # as many steps as fit in ~80% of a frame's time
             deadline = time.perf_counter() + 0.8 / self.fps
-            while time.perf_counter() < deadline and self.running:
-                s.run(1)
+            # NOTE: and at most a tenth of the iterations so far (5 at least): the start of a run, where the
+            # most happens, gets frames (and points of the loss curves) in proportion
+            most = max(5, s.iteration // 10)
+            done = 0
+            while time.perf_counter() < deadline and self.running and done < most:
+                done += s.run(1)
                 if s.stopped:
                     self._stop()
         else:
@@ -338,8 +342,7 @@ class Worker:
         elif kind == "reset":
             self._reset(s.config)
         elif kind == "play":
-            if s.stopped:
-                s.stopped = None  # NOTE: the stop condition fires once; play again continues past it
+            s.stopped = None  # NOTE: the stop condition fires once (Session.stop_fired): play goes on past it
             self.running = True
             self._dirty = True
         elif kind == "pause":

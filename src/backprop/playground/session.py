@@ -266,6 +266,7 @@ class Session:
         self.grads: list[np.ndarray] | None = None
         self.update: list[np.ndarray] | None = None
         self.stopped: str | None = None
+        self.stop_fired = False  # NOTE: the stop condition fires once: play after it goes on past it
         self._evaluated: tuple[int, dict[str, Any]] | None = None
 
     @contextlib.contextmanager
@@ -389,6 +390,12 @@ class Session:
         return done
 
     def _check_stop(self) -> None:
+        if self.stop_fired:
+            return
+        self._check_condition()
+        self.stop_fired = self.stopped is not None
+
+    def _check_condition(self) -> None:
         c = self.config
         if c.stop_iterations is not None and self.iteration >= c.stop_iterations:
             self.stopped = f"reached {c.stop_iterations} iterations"

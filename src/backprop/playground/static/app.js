@@ -411,7 +411,9 @@
       g.dataset.update = frame.updates ? frame.updates[L - 1][j][i] : "";
       g.classList.toggle("selected", !!selected && selected[0] === L && selected[1] === i && selected[2] === j);
       if (labels) {
-        const [x, y] = bezierPoint(layout.x[L - 1] + 19, layout.y[L - 1][i], layout.x[L] - 19, layout.y[L][j], 0.72);
+        // NOTE: staggered by source, so the labels of the edges into one neuron do not pile up
+        const at = 0.55 + 0.35 * (i + 0.5) / model.sizes[L - 1];
+        const [x, y] = bezierPoint(layout.x[L - 1] + 19, layout.y[L - 1][i], layout.x[L] - 19, layout.y[L][j], at);
         el("text", { x: x.toFixed(1), y: (y - 2).toFixed(1), "text-anchor": "middle", text: fmt(v, 3) }, svg, SVG);
       }
     }
