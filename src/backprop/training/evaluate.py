@@ -20,7 +20,7 @@ from backprop.engine.constraints import Interval, check
 from backprop.engine.tensor import Tensor, no_grad
 from backprop.nn.losses import get_loss
 from backprop.nn.module import Module
-from backprop.training.inputs import check_features, check_labels, check_xy
+from backprop.training.inputs import check_features, check_labels, check_xy, input_dtype
 from backprop.training.metrics import resolve_metrics
 
 __all__ = ["evaluate", "predict"]
@@ -32,7 +32,7 @@ def predict(model: Module, x: Any, batch_size: int = 1024, check_finite: bool = 
             _name: str = "predict") -> np.ndarray:
     """The model's outputs for x (eval mode, no graph), computed in batches."""
     check(_name, "batch_size", batch_size, BATCH_SIZE)
-    x, _ = check_xy(x, None, _name, check_finite, model.dtype, need_y=False)
+    x, _ = check_xy(x, None, _name, check_finite, input_dtype(model), need_y=False)
     check_features(model, x, _name)
     was_training = model.training
     model.eval()
@@ -49,7 +49,7 @@ def evaluate(model: Module, x: Any, y: Any, *, loss: str | Callable[..., Tensor]
              check_finite: bool = True) -> dict[str, float]:
     """Mean loss and metrics over (x, y): ``{"loss": ..., "accuracy": ...}``."""
     check("evaluate", "batch_size", batch_size, BATCH_SIZE)
-    x, y = check_xy(x, y, "evaluate", check_finite, model.dtype)
+    x, y = check_xy(x, y, "evaluate", check_finite, input_dtype(model))
     y = check_labels(model, y, loss, "evaluate")
     out = predict(model, x, batch_size, check_finite=False, _name="evaluate")
     loss_fn = get_loss(loss)

@@ -39,6 +39,7 @@ from backprop.training.inputs import (
     check_labels,
     check_sample_weight,
     check_xy,
+    input_dtype,
     sample_weights,
     split_validation,
 )
@@ -171,7 +172,7 @@ def fit(
         check("fit", "lr", lr, _POSITIVE)
     if sync_batchnorm and not distributed:
         raise ValueError("fit: sync_batchnorm=True needs distributed=True (it synchronises BatchNorm over MPI ranks)")
-    x, y = check_xy(x, y, "fit", check_finite, model.dtype)
+    x, y = check_xy(x, y, "fit", check_finite, input_dtype(model))
     check_features(model, x, "fit")
     y = check_labels(model, y, loss, "fit")
     sample_weight = check_sample_weight(sample_weight, len(x))
@@ -249,7 +250,8 @@ def _validator(model: Module, validation_data: Any, loss: Any, metrics: Any, bat
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError(f"fit: validation_data must be a pair (x, y), got {type(validation_data).__name__}"
                         + (f" of length {len(validation_data)}" if hasattr(validation_data, "__len__") else ""))
-    xv, yv = check_xy(validation_data[0], validation_data[1], "fit (validation_data)", check_finite, model.dtype)
+    xv, yv = check_xy(validation_data[0], validation_data[1], "fit (validation_data)", check_finite,
+                      input_dtype(model))
     check_features(model, xv, "fit (validation_data)")
     yv = check_labels(model, yv, loss, "fit (validation_data)")
     return lambda: evaluate(model, xv, yv, loss=loss, metrics=metrics, batch_size=max(batch_size, 512),

@@ -28,15 +28,27 @@ from backprop.nn.losses import LOSS_REGISTRY
 from backprop.nn.module import Module
 from backprop.training.metrics import _true_classes
 
-__all__ = ["all_finite", "as_numeric", "check_features", "check_labels", "check_sample_weight", "check_xy", "n_outputs",
-           "sample_weights", "split_validation"]
+__all__ = ["all_finite", "as_numeric", "check_features", "check_labels", "check_sample_weight", "check_xy",
+           "input_dtype", "n_outputs", "sample_weights", "split_validation"]
 
 
-def check_xy(x: Any, y: Any, name: str, check_finite: bool, dtype: np.dtype,
+def input_dtype(model: Module) -> np.dtype | None:
+    """The dtype ``model`` takes its inputs in: its float dtype, or None for integer indices (an Embedding first)."""
+    return None if getattr(model, "input_kind", "float") == "indices" else model.dtype
+
+
+def check_xy(x: Any, y: Any, name: str, check_finite: bool, dtype: np.dtype | None,
               need_y: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """x as a contiguous array of ``dtype`` (None: integer indices, see :func:`input_dtype`) and y checked."""
     x = as_numeric(x, "x", name)
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"{name}: x is empty (shape {x.shape}); need at least one sample")
+    if dtype is None:  # NOTE: indices stay integers (a float table lookup is an error, and a rounding one)
+        if x.dtype.kind == "f" and not (all_finite(x) and np.all(x == np.round(x))):
+            bad = x[~(np.isfinite(x) & (x == np.round(x)))].flat[0]
+            raise ValueError(f"{name}: x must hold integer indices (the model's first layer is an Embedding), got "
+                             f"values such as {bad}")
+        dtype = np.dtype(np.int64)
     x = np.ascontiguousarray(x, dtype=dtype)
     if check_finite and not all_finite(x):
         raise ValueError(f"{name}: x contains NaN or infinity (pass check_finite=False to skip this check)")
@@ -86,11 +98,12 @@ def check_labels(model: Module, y: np.ndarray, loss: Any, name: str) -> np.ndarr
         return y
     n_out = n_outputs(model)
     dense = spec.targets != "labels"
-    if y.ndim == 2 and n_out is not None and y.shape[1] != n_out and not (dense and n_out == 1):
+    steps = not dense and y.ndim >= 2 and y.dtype.kind in "iu"  # NOTE: a class per step of a sequence (N, T)
+    if y.ndim == 2 and n_out is not None and y.shape[1] != n_out and not (dense and n_out == 1) and not steps:
         raise ValueError(f"{name}: y has shape {y.shape}: target rows need {n_out} columns, one per model "
                          f"output (or pass class labels of shape ({len(y)},))")
     classes = spec.targets == "labels" or (spec.targets == "one_hot" and y.dtype.kind in "iub")
-    if not classes or y.ndim != 1:
+    if not classes or y.ndim != 1 and not steps:
         return y
     if y.dtype.kind == "f":
         if not np.all(y == np.round(y)):
@@ -119,7 +132,9 @@ def check_features(model: Module, x: np.ndarray, name: str) -> None:
                              f"x of shape (samples, {m.in_features})")
         if isinstance(m, Linear):
             n_features = int(np.prod(x.shape[1:]))
-            if x.ndim == 2 and x.shape[1] != m.in_features or x.ndim > 2 and n_features != m.in_features:
+            # NOTE: a Linear layer on (N, ..., F) works on the last axis (a projection of every step of a sequence)
+            if x.ndim == 2 and x.shape[1] != m.in_features or \
+                    x.ndim > 2 and n_features != m.in_features and x.shape[-1] != m.in_features:
                 raise ValueError(
                     f"{name}: x has {x.shape[1:]} features per sample but the model's first layer "
                     f"'{mod_name or type(m).__name__}' (Linear) expects {m.in_features}"

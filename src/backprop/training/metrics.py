@@ -78,8 +78,21 @@ def _pred_classes(outputs_or_pred: Any) -> tuple[np.ndarray, int]:
                      f"and dtype {a.dtype}")
 
 
+def _per_step(outputs: np.ndarray, y: np.ndarray) -> bool:
+    """Outputs (N, ..., C) for class indices (N, ...): a class at every step of a sequence."""
+    return outputs.ndim > 2 and y.shape == outputs.shape[:-1]
+
+
+def _predictions(outputs: np.ndarray, y: np.ndarray) -> int:
+    """How many predictions the outputs make: one per sample, or one per step of a sequence."""
+    return y.size if _per_step(outputs, y) else len(y)
+
+
 def correct(outputs: np.ndarray, y: np.ndarray) -> int:
-    """Number of correctly classified samples; ``y`` holds class indices or one-hot rows."""
+    """Number of correctly classified samples; ``y`` holds class indices or one-hot rows. For outputs
+    (N, ..., C) and class indices (N, ...) (a class per step of a sequence), the number of correct steps."""
+    if _per_step(outputs, y):
+        return int(np.count_nonzero(outputs.argmax(axis=-1) == y))
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(axis=1)
     elif y.ndim == 2:
@@ -89,8 +102,8 @@ def correct(outputs: np.ndarray, y: np.ndarray) -> int:
 
 # ------------------------------------------------------------------------------------------------ metrics
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of correctly classified samples."""
-    return correct(outputs, y) / max(len(y), 1)
+    """Fraction of correctly classified samples (of steps, for a class per step of a sequence)."""
+    return correct(outputs, y) / max(_predictions(outputs, y), 1)
 
 
 def _top_k_hits(outputs: np.ndarray, y: Any, k: int) -> int:
@@ -339,7 +352,7 @@ class _Accuracy(Metric):
 
     def update(self, outputs: np.ndarray, y: np.ndarray) -> None:
         self.hits += correct(outputs, y) if self.k is None else _top_k_hits(outputs, y, self.k)
-        self.count += len(y)
+        self.count += _predictions(outputs, y)
 
     def result(self) -> float:
         return self.hits / self.count if self.count else float("nan")
