@@ -510,7 +510,7 @@ def test_the_websocket_protocol(client):
             assert bp.io.load(path) is not None
         ws.send_json({"type": "upload", "name": "ok.csv", "text": "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(40))})
         got = _until(ws, "notice")
-        assert any(m["type"] == "model" and m["config"]["dataset"] == "csv" and m["query"] == "" for m in got)
+        assert any(m["type"] == "model" and m["config"]["dataset"] == "csv" and "dataset=csv" in m["query"] for m in got)
         ws.send_json({"type": "step"})
         assert _frame_at(ws, 1)["phase"] == "update"  # the server is still there and trains the upload
 
@@ -578,3 +578,45 @@ def test_the_server_prints_its_address_serves_and_stops_cleanly_on_ctrl_c():
             proc.kill()
     assert proc.returncode == 0, err
     assert "backprop playground: stopped" in out and "Traceback" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_stops_the_server_while_a_page_is_connected_and_playing():
+    sync_client = pytest.importorskip("websockets.sync.client")
+    proc = subprocess.Popen([sys.executable, "-m", "backprop", "playground", "--port", "0", "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r":(\d+)/", proc.stdout.readline()).group(1))
+        with sync_client.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            ws.send(json.dumps({"type": "hello", "query": "?hidden=8,8&act=tanh,tanh"}))
+            ws.send(json.dumps({"type": "play"}))
+            for _ in range(200):
+                m = json.loads(ws.recv(timeout=10))
+                if m["type"] == "frame" and m["iteration"] > 20:
+                    break
+            start = time.time()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "backprop playground: stopped" in out, err
+    assert "Traceback" not in err and time.time() - start < 10, err
+
+
+def test_the_page_is_package_data():
+    """pyproject.toml's package-data ships every file the server may send (they are in the wheel)."""
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from backprop.playground.server import STATIC, static_files
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "backprop.playground"]
+    names = [p.name for p in STATIC.iterdir() if p.is_file()]
+    assert sorted(static_files()) == sorted(names) == ["app.js", "index.html", "style.css"]
+    for name in names:
+        assert any(fnmatch.fnmatch(f"static/{name}", pattern) for pattern in patterns), name

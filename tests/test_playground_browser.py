@@ -320,3 +320,82 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_running(page):
     page.get_by_test_id("step").click()
     wait(page, "window.playground.iteration === 1")
     assert page.evaluate("() => window.playground.connected")
+
+
+# ------------------------------------------------------------------------------------------- the other controls
+def test_every_control_reaches_the_server_and_the_views_follow(page):
+    open_page(page, "?hidden=3&act=tanh")
+    def config() -> dict:
+        return state(page)["config"]
+
+    # the network: layers, neurons, activations, features
+    page.get_by_test_id("add-layer").click()
+    wait(page, "window.playground.config.hidden.length === 2")
+    page.get_by_test_id("neurons-plus-1").click()
+    wait(page, "window.playground.config.hidden[0] === 4")
+    page.get_by_test_id("activation-2").select_option("relu")
+    wait(page, "window.playground.config.activations[1] === 'relu'")
+    page.get_by_test_id("feature-sinx1").check()
+    wait(page, "window.playground.config.features.includes('sinx1')")
+    assert config()["hidden"] == [4, 3] and page.get_by_test_id("neuron-0-2").count() == 1
+    assert page.get_by_test_id("edge-2-3-2").count() == 1 and page.get_by_test_id("neuron-3-1").count() == 1
+    # optimizer, schedule, L2, init, regenerate
+    page.get_by_test_id("optimizer").select_option("rmsprop")
+    wait(page, "window.playground.config.optimizer === 'rmsprop'")
+    set_number(page, "momentum", "momentum", 0.5)
+    page.get_by_test_id("schedule").select_option("cosine")
+    wait(page, "window.playground.config.schedule === 'cosine'")
+    set_number(page, "decay-steps", "decay_steps", 300)
+    set_number(page, "l2", "l2", 0.001)
+    page.get_by_test_id("init").select_option("he")
+    wait(page, "window.playground.config.init === 'he'")
+    seed = config()["seed"]
+    page.get_by_test_id("regenerate").click()
+    wait(page, f"window.playground.config.seed !== {seed}")
+    # a step, the sample shown, the speed, reset
+    page.get_by_test_id("step").click()
+    wait(page, "window.playground.iteration === 1")
+    page.get_by_test_id("sample").fill("3")
+    page.get_by_test_id("sample").press("Tab")
+    wait(page, "window.playground.neurons && window.playground.neurons.sample === 3")
+    page.get_by_test_id("neuron-1-0").hover()
+    assert "bias =" in page.get_by_test_id("tooltip").inner_text()
+    page.get_by_test_id("speed").select_option("5")
+    page.get_by_test_id("play").click()
+    wait(page, "window.playground.iteration >= 40")
+    page.get_by_test_id("pause").click()
+    wait(page, "window.playground.running === false")
+    assert "paused" in page.get_by_test_id("phase").inner_text()
+    page.get_by_test_id("reset").click()
+    wait(page, "window.playground.iteration === 0")
+    page.get_by_test_id("edge-1-0-0").dispatch_event("click")  # nothing to explain before a gradient
+    wait(page, "window.playground.errors.some(e => e.message.includes('no gradient yet'))")
+    # a 4-class set, then a regression set
+    page.get_by_test_id("dataset").select_option("blobs")
+    wait(page, "window.playground.config.dataset === 'blobs'")
+    set_number(page, "classes", "classes", 4)
+    wait(page, "window.playground.confusion && window.playground.confusion.length === 4")
+    assert page.get_by_test_id("neuron-3-3").count() == 1  # one output per class
+    page.get_by_test_id("add-class").select_option("2")
+    box = page.get_by_test_id("boundary").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.25)  # x1 = 3, x2 = 3
+    wait(page, "window.playground.config.points.length === 1")
+    assert config()["points"] == [[3.0, 3.0, 2.0]] and "points=3:3:2" in page.url
+    page.get_by_test_id("clear-points").click()
+    wait(page, "window.playground.config.points.length === 0")
+    page.get_by_test_id("dataset").select_option("multigauss")
+    wait(page, "window.playground.config.dataset === 'multigauss' && window.playground.frames > 0")
+    wait(page, "window.playground.notices.some(n => n.message.includes('the loss is now quadratic'))")
+    page.get_by_test_id("step").click()
+    wait(page, "window.playground.iteration === 1")
+    s = state(page)
+    assert s["accuracy"] is None and s["confusion"] is None and page.get_by_test_id("accuracy").inner_text() == "\u2013"
+    # an uploaded file of 3 classes
+    rows = "".join(f"{np.cos(k):.4f},{np.sin(3 * k):.4f},{k % 3}\n" for k in range(90))
+    page.get_by_test_id("upload").set_input_files(files=[{"name": "mine.csv", "mimeType": "text/csv",
+                                                          "buffer": ("x1,x2,label\n" + rows).encode()}])
+    wait(page, "window.playground.config.dataset === 'csv'")
+    wait(page, "window.playground.notices.some(n => n.message.startsWith('mine.csv: 90 rows, 3 classes'))")
+    assert config()["loss"] == "cross_entropy" and "dataset=csv" in page.url
+    page.get_by_test_id("step").click()
+    wait(page, "window.playground.iteration === 1")

@@ -85,7 +85,11 @@ def create_app(folder: Path = STATIC) -> Any:
         await ws.accept()
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        outbox = Outbox(notify=lambda: loop.call_soon_threadsafe(wake.set))
+        def notify() -> None:
+            with contextlib.suppress(RuntimeError):  # NOTE: the loop closed (shutdown): nobody to tell
+                loop.call_soon_threadsafe(wake.set)
+
+        outbox = Outbox(notify=notify)
         worker = Worker(outbox)
 
         async def sender() -> None:

@@ -514,7 +514,7 @@ class Session:
         return {
             "type": "model",
             "config": c.to_json(),
-            "query": c.to_query() if c.dataset != "csv" else "",
+            "query": c.to_query(),  # NOTE: with dataset=csv a reload asks for the file again
             "task": d.task, "classes": d.classes, "labels": list(d.labels), "domain": list(d.domain),
             "sizes": sizes,
             "layer_names": ["input", *[f"hidden {i + 1}" for i in range(len(c.hidden))], "output"],

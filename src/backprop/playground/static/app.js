@@ -210,9 +210,7 @@
     explainedAt = null;
     history = { it: [], train: [], test: [], grads: [] };
     Object.assign(pg, { config: msg.config, query: msg.query, sizes: msg.sizes, history, explanation: null });
-    if (msg.query !== undefined && msg.config.dataset !== "csv") {
-      history_replace("?" + msg.query);
-    }
+    history_replace("?" + msg.query);
     syncControls(msg.config);
     const add = $("add-class");
     const opts = [["off", "nothing"]];
