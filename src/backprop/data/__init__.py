@@ -1,4 +1,4 @@
-"""Data: mini-batch loading, IDX files and the classification data sets.
+"""Data: mini-batch loading, IDX files, the classification data sets and the sequence ones.
 
 Example:
     >>> from backprop.data import DataLoader, load_dataset
@@ -19,15 +19,29 @@ from backprop.data.datasets import (
 )
 from backprop.data.idx import read_idx, write_idx
 from backprop.data.loader import DataLoader
+from backprop.data.sequences import (
+    SequenceDataset,
+    adding_problem,
+    copy_task,
+    load_sequence_mnist,
+    load_text,
+    text_dataset,
+)
 
 __all__ = [
     "DataLoader",
     "Dataset",
+    "SequenceDataset",
+    "adding_problem",
+    "copy_task",
     "load_csv",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
+    "load_sequence_mnist",
+    "load_text",
     "read_idx",
+    "text_dataset",
     "write_idx",
 ]

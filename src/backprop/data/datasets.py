@@ -29,7 +29,7 @@ import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,6 +48,7 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
+    "register_dataset",
 ]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -847,9 +848,24 @@ _TASKS = ("classification", "regression", "auto")
 
 DATASET_SPECS = ("digits", "mnist", "fashion-mnist", "csv:PATH")
 
+#: Data sets other modules of ``backprop.data`` add (:func:`register_dataset`): name -> (loader, how it is written).
+_REGISTERED: dict[str, tuple[Callable[..., Dataset], str]] = {}
+
+
+def register_dataset(name: str, loader: Callable[..., Dataset], spec: str | None = None) -> None:
+    """Make ``load_dataset(name)`` and ``load_dataset(f"{name}:ARG")`` return ``loader(arg, data_dir, **kw)``
+    (``arg``: the text after the first colon, or None); ``spec`` is how error messages write it (``"adding[:T]"``).
+
+    NOTE: a registry, so that the sequence data sets (:mod:`backprop.data.sequences`, which builds on this
+    module) reach the one entry point without this module importing them.
+    """
+    _REGISTERED[name] = (loader, spec or name)
+
 
 def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, **kw: object) -> Dataset:
-    """Load a data set by name: ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"csv:PATH"``.
+    """Load a data set by name: ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"csv:PATH"``, or one of
+    the sequence sets (``"seq-mnist"``, ``"adding[:T]"``, ``"copy[:T]"``, ``"text:PATH"``, see
+    :mod:`backprop.data.sequences`).
 
     ``data_dir`` is where MNIST/Fashion-MNIST are looked up (see :func:`load_fashion_mnist`);
     digits and CSV ignore it. Other keywords go to the loader (``flatten``, ``download``;
@@ -865,6 +881,10 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, **kw
         raise TypeError(
             f"dataset spec must be a string like 'mnist' or 'csv:PATH', got {type(spec).__name__}"
         )
+    head, colon, arg = spec.partition(":")
+    registered = _REGISTERED.get(head.strip().lower().replace("_", "-"))
+    if registered is not None:
+        return registered[0](arg if colon else None, data_dir, **kw)
     if spec.startswith("csv:") or spec.lower().endswith(".csv"):
         csv_path = spec.removeprefix("csv:")
         if not csv_path:
@@ -880,5 +900,5 @@ def load_dataset(spec: str, data_dir: str | os.PathLike[str] | None = None, **kw
         (x_train, y_train), (x_test, y_test) = _load_idx_dataset(key, data_dir, **kw)  # type: ignore[arg-type]
         names = _IDX_DATASETS[key].class_names
         return Dataset(x_train, y_train, x_test, y_test, classes=digits, name=key, class_names=names)
-    valid = ", ".join(repr(s) for s in DATASET_SPECS)
+    valid = ", ".join(repr(s) for s in (*DATASET_SPECS, *(spec for _, spec in _REGISTERED.values())))
     raise ValueError(f"unknown dataset {spec!r}; valid: {valid}")
