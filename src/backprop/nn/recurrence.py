@@ -20,14 +20,20 @@ batch is sorted by length, longest first, so that at step t the sequences still 
 each step then works on those rows only (as PyTorch's packed sequences do), padded steps change no state,
 receive no gradient and give zero outputs, and the reverse direction starts at each sequence's own end.
 
+Inside, every per-step array is **feature-major**, (features, batch): a gate is then a contiguous block of
+rows of the step's (G*H, B) pre-activations, which NumPy's elementwise calls run on about five times faster
+than on the strided column slices of a (B, G*H) array, and the step's product ``W_hh (G*H, P) @ h (P, B)``
+is the faster orientation of OpenBLAS's kernels for a small batch (measured: 41 us against 61 us for
+H=128, B=32, float32).
+
 The op's output is one flat array (an op has one output), from which the layer takes its views::
 
     forward direction:  [h0 | y_0 ... y_{T-1} | h_n | c_n]      (c_n for LSTM only)
     reverse direction:  [y_0 ... y_{T-1} | h0 | h_n | c_n]
 
-each block (B, P) per step (P = proj_size or hidden_size; c_n is (B, H)). The h0 row beside the outputs is
-what step 0 (step T-1 in reverse) reads as its previous state, so the buffer of outputs is also the buffer
-of previous states and ``dW_hh`` is one product with a contiguous slice of it.
+each block (P, B), feature-major (P = proj_size or hidden_size; c_n is (H, B)). The h0 block beside the
+outputs is what step 0 (step T-1 in reverse) reads as its previous state, so the buffer of outputs is also
+the buffer of previous states.
 
 >>> import backprop as bp
 >>> rng = np.random.default_rng(0)
@@ -36,26 +42,40 @@ of previous states and ``dW_hh`` is one product with a contiguous slice of it.
 >>> out = Recurrence.apply(x, w_ih, w_hh, mode="lstm", bias=False)
 >>> out.shape == ((T + 1) * B * H + 2 * B * H,)
 True
->>> y = out.data[B * H:(T + 1) * B * H].reshape(T, B, H)     # the outputs; h_n is the last step's output
->>> bool(np.allclose(out.data[(T + 1) * B * H:(T + 2) * B * H].reshape(B, H), y[-1]))
+>>> y = out.data[B * H:(T + 1) * B * H].reshape(T, H, B)     # the outputs; h_n is the last step's output
+>>> bool(np.allclose(out.data[(T + 1) * B * H:(T + 2) * B * H].reshape(H, B), y[-1]))
 True
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from backprop.engine.blas import SMALL_BATCH, set_blas_threads
+from backprop.engine.memory import tune_malloc
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import Function
 
-__all__ = ["GATES", "MODES", "Recurrence", "check_lengths", "packed_layout"]
+__all__ = ["GATES", "MODES", "PHASES", "Recurrence", "check_lengths", "packed_layout"]
 
 # mode -> number of gates (rows of W_ih per hidden unit)
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 MODES = tuple(GATES)
+
+# Seconds spent in each phase of the op, summed over calls, while a dict is assigned here (the benchmark
+# benchmarks/lstm_train.py does); None: not recorded (the clock is read a few times per call either way).
+PHASES: dict[str, float] | None = None
+_clock = time.perf_counter
+
+
+def _record(**seconds: float) -> None:
+    if PHASES is not None:
+        for name, s in seconds.items():
+            PHASES[name] = PHASES.get(name, 0.0) + s
 
 
 def check_lengths(lengths: Any, batch: int, steps: int, owner: str = "lengths") -> np.ndarray | None:
@@ -77,7 +97,8 @@ def check_lengths(lengths: Any, batch: int, steps: int, owner: str = "lengths") 
 
 
 def packed_layout(steps: int, batch: int, out_size: int, hidden: int, mode: str) -> dict[str, tuple[int, int]]:
-    """Where the op's flat output keeps each part: name -> (start, stop) (``rows`` = h0 and the outputs)."""
+    """Where the op's flat output keeps each part: name -> (start, stop) (``rows``: h0 and the outputs, (T+1, P,
+    B); ``h_n``: (P, B); ``c_n``: (H, B))."""
     rows = (steps + 1) * batch * out_size
     hn = rows + batch * out_size
     return {"rows": (0, rows), "h_n": (rows, hn), "c_n": (hn, hn + (batch * hidden if mode == "lstm" else 0))}
@@ -86,7 +107,10 @@ def packed_layout(steps: int, batch: int, out_size: int, hidden: int, mode: str)
 # --------------------------------------------------------------------------------------------- the forward
 @dataclass
 class _Saved:
-    """What the backward needs: shapes, the sorted order, the inputs and the activations of every step."""
+    """What the backward needs: shapes, the sorted order, the inputs and the activations of every step.
+
+    Every per-step array is feature-major, (features, batch) (see the module docstring).
+    """
 
     mode: str
     reverse: bool
@@ -97,19 +121,22 @@ class _Saved:
     B: int
     H: int
     P: int
-    x: np.ndarray  # (T, B, I), in sorted order when lengths are given
-    w_ih: np.ndarray
-    w_hh: np.ndarray
+    x_aug: np.ndarray | None  # GRU: (T, B, I [+1]): the input (sorted with lengths) and ones for the bias
+    ext: np.ndarray | None  # RNN, LSTM: (T+1, P + I [+1], B): each state stacked on the input its step reads
+    w_ih: np.ndarray  # internal gate order, not scaled
+    w_hh: np.ndarray  # internal gate order, not scaled
     w_hr: np.ndarray | None
-    rows: np.ndarray  # (T+1, B, P): previous states and outputs (sorted order)
-    acts: np.ndarray  # (T, B, G*H): gate activations (LSTM internal order i, f, o, g)
-    cells: np.ndarray | None  # LSTM: (T+1, B, H) cell states, laid out as rows
-    tanh_c: np.ndarray | None  # LSTM: (T, B, H) tanh(c_t)
-    m: np.ndarray | None  # LSTM with projection: (T, B, H) o * tanh(c_t)
-    hg: np.ndarray | None  # GRU: (T, B, 3H) W_hh h + b_hh (its n part is used)
-    counts: np.ndarray | None  # rows active at each step (sorted order), None: all
+    rows: np.ndarray  # (T+1, P, B): previous states and outputs (sorted order)
+    acts: np.ndarray  # (T, G*H, B): tanh of the (halved) pre-activations of every gate (see _sigmoid_scale)
+    sig: np.ndarray | None  # LSTM (T, 3H, B) i, f, o; GRU (T, 2H, B) r, z: the sigmoid gates' values
+    cells: np.ndarray | None  # LSTM: (T+1, H, B) cell states, laid out as rows
+    tanh_c: np.ndarray | None  # LSTM: (T, H, B) tanh(c_t)
+    m: np.ndarray | None  # LSTM with projection: (T, H, B) o * tanh(c_t)
+    hg: np.ndarray | None  # GRU: (T, 3H, B) W_hh h (+ b_hn in its n part)
+    counts: np.ndarray | None  # columns active at each step (sorted order), None: all
     perm: np.ndarray | None  # sorted position -> original batch index
     inv: np.ndarray | None  # original batch index -> sorted position
+    order: np.ndarray | None  # internal gate row -> PyTorch's row (LSTM)
     dtype: np.dtype
 
 
@@ -118,20 +145,56 @@ def _lstm_order(H: int) -> np.ndarray:
     return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
 
 
-def _sigmoid_scale(mode: str, H: int, dtype: np.dtype) -> np.ndarray | None:
-    """Row factors of the internal weights: 0.5 on sigmoid gates, whose activation is then 0.5 tanh(u) + 0.5.
+def _sigmoid_scale(mode: str, H: int, factor: float, dtype: np.dtype) -> np.ndarray | None:
+    """Row factors: ``factor`` on the sigmoid gates' rows (LSTM i, f, o internally first; GRU r, z), 1 elsewhere.
 
-    NOTE: sigmoid(a) = 0.5 tanh(a / 2) + 0.5 exactly; halving the weights (exact in floating point) lets one
-    ``np.tanh`` call activate all the gates of a step at once, and tanh never overflows as exp can.
+    NOTE: sigmoid(a) = 0.5 tanh(a / 2) + 0.5 exactly. With the forward's weights halved on those rows (factor
+    0.5, exact in floating point) one ``np.tanh`` call activates every gate of a step, and never overflows as
+    exp can; the backward then needs only 1 - t^2 for every gate (t the stored tanh), since the sigmoid's
+    derivative is 0.25 (1 - t^2): the 0.25 (factor 0.25) is applied to W_hh in the per-step product and to
+    the weight gradients once, after the loop, instead of at every step.
     """
-    if mode == "lstm":
-        return np.r_[np.full(3 * H, 0.5), np.ones(H)].astype(dtype)
-    if mode == "gru":
-        return np.r_[np.full(2 * H, 0.5), np.ones(H)].astype(dtype)
+    if mode in ("lstm", "gru"):
+        k = 3 if mode == "lstm" else 2
+        return np.r_[np.full(k * H, factor), np.ones(H)].astype(dtype)
     return None
 
 
-def _parse(arrays: tuple[np.ndarray, ...], bias: bool, proj: bool, state: int) -> tuple[Any, ...]:
+# NOTE: OpenBLAS multiplies without packing its operands (its "small matrix" kernels, SkylakeX and later) when
+# m*n*k <= 1e6. A step's product, (4H, P) @ (P, B) for H = 128 and B = 32, is 2.1e6: in row chunks of at most
+# 1e6 it took 37 us instead of 46 (float32; its backward (P, 4H) @ (4H, B) 43 instead of 49; float64 and other
+# sizes alike, measured here for B = 8-32). Beyond 32 columns one call was as fast or faster. A rule of shapes
+# only, so eager and captured steps and a resumed run compute the same sums in the same order.
+_SMALL_MNK = 1_000_000
+
+
+def _row_chunks(m: int, k: int, n: int) -> list[slice]:
+    """Row slices of an (m, k) @ (k, n) product for the BLAS calls of one step (see ``_SMALL_MNK``)."""
+    work = m * k * n
+    if n > 32 or work <= _SMALL_MNK:
+        return [slice(0, m)]
+    rows = -(-m // -(-work // _SMALL_MNK))
+    rows = (rows + 7) // 8 * 8
+    while rows > 8 and rows * k * n > _SMALL_MNK:
+        rows -= 8
+    return [slice(i, min(i + rows, m)) for i in range(0, m, rows)]
+
+
+class _Product:
+    """``w @ h`` for one weight and the h of every step (up to ``batch`` columns), in row chunks of w."""
+
+    def __init__(self, w: np.ndarray, batch: int) -> None:
+        w = np.ascontiguousarray(w)
+        self.w = w
+        self.parts = [(w[s], s) for s in _row_chunks(w.shape[0], w.shape[1], batch)]
+
+    def into(self, h: np.ndarray, out: np.ndarray) -> None:
+        """out = w @ h"""
+        for w, s in self.parts:
+            np.matmul(w, h, out=out[s])
+
+
+def _parse(arrays: tuple[Any, ...], bias: bool, proj: bool, state: int) -> tuple[Any, ...]:
     x, w_ih, w_hh, *rest = arrays
     k = 0
     b_ih = b_hh = w_hr = h0 = c0 = None
@@ -182,23 +245,46 @@ def _check_shapes(mode: str, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, 
 
 
 def _place_initial(buf: np.ndarray, init: np.ndarray | None, reverse: bool, ls: np.ndarray | None) -> None:
-    """Write the initial state where each sequence's first step reads it: row 0 forward; in reverse row T, or,
-    with lengths, row ``length`` of each sequence (its own end)."""
+    """Write the initial state (B, size) into ``buf`` (T+1, size, B) where each sequence's first step reads it:
+    row 0 forward; in reverse row T, or, with lengths, row ``length`` of each sequence (its own end)."""
     if init is None:
-        if ls is None:  # a fresh buffer of the no-lengths path is np.empty: zero the row that is read
+        if ls is None:  # a buffer of the no-lengths path is np.empty: zero the row that is read
             buf[buf.shape[0] - 1 if reverse else 0] = 0
         return
     if not reverse:
-        buf[0] = init
+        buf[0] = init.T
     elif ls is None:
-        buf[-1] = init
+        buf[-1] = init.T
     else:
-        buf[ls, np.arange(buf.shape[1])] = init
+        buf[ls, :, np.arange(buf.shape[2])] = init
+
+
+class _OneBlasThread:
+    """The time loops on one BLAS thread when the batch is small (as ``backprop.engine.blas`` does for short
+    products): each step's GEMM is too short for two threads, which mostly wait for each other (measured
+    here: 2 threads made the (512, 128) @ (128, 32) product 7x slower on a busy 2-core machine)."""
+
+    def __init__(self, batch: int) -> None:
+        self.setter = set_blas_threads() if batch < SMALL_BATCH else None
+        self.old = 1
+
+    def __enter__(self) -> None:
+        if self.setter is not None:
+            self.old = self.setter(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.setter is not None and self.old != 1:
+            self.setter(self.old)
 
 
 def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, lengths: Any = None,
                        bias: bool = True, proj: bool = False, state: int = 0) -> tuple[np.ndarray, _Saved]:
     """The op's forward (see the module docstring): the flat output and what the backward needs."""
+    t0 = _clock()
+    # NOTE: a step allocates and frees some 15 MB of arrays (activations, gradients) for H=128, B=32, T=50;
+    # fresh pages for them every step cost more than a third of it (23 vs 15 ms of CPU per step in a plain
+    # loop). This keeps them in the process's heap, as fit and bp.jit do when training starts (idempotent).
+    tune_malloc()
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = _parse(arrays, bias, proj, state)
     T, B, I, H, P = _check_shapes(mode, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     dtype = np.result_type(*arrays)
@@ -208,7 +294,7 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
         lengths = None  # NOTE: full lengths are the plain path exactly (and skip the sorting copies)
     layout = packed_layout(T, B, P, H, mode)
     out = np.empty(layout["c_n"][1], dtype=dtype)
-    out_rows = out[:layout["rows"][1]].reshape(T + 1, B, P)
+    out_rows = out[:layout["rows"][1]].reshape(T + 1, P, B)
     perm = inv = counts = ls = None
     if lengths is None:
         xs, h0s, c0s = x, h0, c0
@@ -218,345 +304,410 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
         inv = np.empty_like(perm)
         inv[perm] = np.arange(B)
         ls = lengths[perm]
-        counts = np.searchsorted(-ls, -np.arange(T), side="left")  # rows with length > t
+        counts = np.searchsorted(-ls, -np.arange(T), side="left")  # sequences with length > t
         xs = x[:, perm]
         h0s = None if h0 is None else h0[perm]
         c0s = None if c0 is None else c0[perm]
-        rows = np.zeros((T + 1, B, P), dtype=dtype)
-    _place_initial(rows, h0s, reverse, ls)
+        rows = np.zeros((T + 1, P, B), dtype=dtype)
 
-    # the input projection of every step: one GEMM (internal gate order, sigmoid rows halved)
+    # internal weights: LSTM gates reordered to i, f, o, g; sigmoid rows halved
     order = _lstm_order(H) if mode == "lstm" else None
-    scale = _sigmoid_scale(mode, H, dtype)
-    wi, wh = (w_ih, w_hh) if order is None else (w_ih[order], w_hh[order])
-    if scale is not None:
-        wi, wh = wi * scale[:, None], wh * scale[:, None]
-    wi_t = np.ascontiguousarray(wi.T, dtype=dtype)  # NOTE: (I, G*H) C order: 30% faster than a transposed view
-    wh_t = np.ascontiguousarray(wh.T, dtype=dtype)
-    acts = np.matmul(xs.reshape(T * B, I).astype(dtype, copy=False), wi_t).reshape(T, B, G * H)
-    b_h = None
+    scale = _sigmoid_scale(mode, H, 0.5, dtype)
+    wi = (w_ih if order is None else w_ih[order]).astype(dtype, copy=False)
+    wh = (w_hh if order is None else w_hh[order]).astype(dtype, copy=False)
+    k0 = I + (1 if bias else 0)  # the input and, for the bias, a row of ones
+    b_int = b_hn = None
     if bias:
-        if mode == "gru":  # NOTE: b_hn stays inside r * (W_hn h + b_hn): b_hh is added to the h-projection
-            b_i = b_ih if scale is None else b_ih * scale
-            b_h = (b_hh if scale is None else b_hh * scale).astype(dtype, copy=False)
+        if mode == "gru":  # NOTE: b_hn stays inside r * (W_hn h + b_hn); b_hr and b_hz join the input's
+            b_int = b_ih + np.r_[b_hh[:2 * H], np.zeros(H, dtype=b_hh.dtype)]
+            b_hn = np.asarray(b_hh[2 * H:], dtype=dtype)[:, None]
         else:
-            b_i = b_ih + b_hh
-            b_i = b_i if order is None else b_i[order] * scale
-        acts += b_i.astype(dtype, copy=False)
+            b_int = b_ih + b_hh
+            b_int = b_int if order is None else b_int[order]
+    x_aug = ext = None
+    if mode == "gru":
+        # the input projection of every step, (T, 3H, B): one batched product before the recurrence (the GRU's
+        # n gate keeps W_in x apart from W_hn h)
+        w_aug = np.empty((G * H, k0), dtype=dtype)
+        w_aug[:, :I] = wi
+        if bias:
+            w_aug[:, I] = b_int
+        w_aug *= scale[:, None]
+        x_aug = np.empty((T, B, k0), dtype=dtype)
+        x_aug[..., :I] = xs
+        if bias:
+            x_aug[..., I] = 1
+        acts = np.matmul(w_aug, x_aug.transpose(0, 2, 1))
+        step_w = _Product(wh * scale[:, None], B)
+    else:
+        # NOTE: each step is one product [W_hh | W_ih | b] @ [h_{t-1}; x_t; 1]: the input's part is made there,
+        # in cache for the gates that follow, instead of all steps' at once before the loop (4.0 instead of
+        # 4.8 ms for the forward of H=128, B=32, T=50); the stacked operands are also the weight gradient's
+        w_cat = np.empty((G * H, P + k0), dtype=dtype)
+        w_cat[:, :P] = wh
+        w_cat[:, P:P + I] = wi
+        if bias:
+            w_cat[:, P + I] = b_int
+        if scale is not None:
+            w_cat *= scale[:, None]
+        step_w = _Product(w_cat, B)
+        ext = (np.zeros if lengths is not None else np.empty)((T + 1, P + k0, B), dtype=dtype)
+        read = ext[1:] if reverse else ext[:T]  # step t reads ext[t] (ext[t + 1] in reverse)
+        read[:, P:P + I] = xs.transpose(0, 2, 1)
+        if bias:
+            read[:, P + I] = 1
+        acts = np.empty((T, G * H, B), dtype=dtype)
+        rows = ext[:, :P]
+    _place_initial(rows, h0s, reverse, ls)
+    t1 = _clock()
 
     steps = range(T - 1, -1, -1) if reverse else range(T)
     rev = 1 if reverse else 0
-    cells = tanh_c = m = hg = None
-    if mode in ("rnn_tanh", "rnn_relu"):
-        _rnn_forward(steps, rev, counts, acts, rows, wh_t, mode == "rnn_relu", B)
-    elif mode == "lstm":
-        cells = np.zeros((T + 1, B, H), dtype=dtype) if lengths is not None else np.empty((T + 1, B, H), dtype=dtype)
-        _place_initial(cells, c0s, reverse, ls)
-        tanh_c = np.empty((T, B, H), dtype=dtype)
-        if proj:
-            m = np.zeros((T, B, H), dtype=dtype)
-        w_hr_t = None if w_hr is None else np.ascontiguousarray(w_hr.T, dtype=dtype)
-        _lstm_forward(steps, rev, counts, acts, rows, cells, tanh_c, m, wh_t, w_hr_t, B, H)
-    else:
-        hg = np.empty((T, B, 3 * H), dtype=dtype)
-        _gru_forward(steps, rev, counts, acts, rows, hg, wh_t, b_h, B, H)
+    sig = cells = tanh_c = m = hg = None
+    make = np.zeros if lengths is not None else np.empty
+    with _OneBlasThread(B):
+        if mode in ("rnn_tanh", "rnn_relu"):
+            _rnn_forward(steps, rev, counts, acts, ext, rows, step_w, mode == "rnn_relu", B)
+        elif mode == "lstm":
+            sig = make((T, 3 * H, B), dtype=dtype)
+            cells = make((T + 1, H, B), dtype=dtype)
+            _place_initial(cells, c0s, reverse, ls)
+            tanh_c = make((T, H, B), dtype=dtype)
+            if proj:
+                m = np.zeros((T, H, B), dtype=dtype)
+            _lstm_forward(steps, rev, counts, acts, sig, ext, rows, cells, tanh_c, m,
+                          None if w_hr is None else w_hr.astype(dtype, copy=False), step_w, B, H)
+        else:
+            sig = make((T, 2 * H, B), dtype=dtype)
+            hg = make((T, 3 * H, B), dtype=dtype)
+            _gru_forward(steps, rev, counts, acts, sig, rows, hg, step_w, b_hn, B, H)
+    t2 = _clock()
 
     # the result: outputs (zero at padded steps), the initial-state row, h_n and c_n, in the caller's order
-    hn_out = out[slice(*layout["h_n"])].reshape(B, P)
-    cn_out = out[slice(*layout["c_n"])].reshape(B, H) if mode == "lstm" else None
+    hn_out = out[slice(*layout["h_n"])].reshape(P, B)
+    cn_out = out[slice(*layout["c_n"])].reshape(H, B) if mode == "lstm" else None
     if lengths is None:
+        if rows is not out_rows:
+            out_rows[...] = rows
         hn_out[...] = rows[0] if reverse else rows[T]
         if cn_out is not None:
             cn_out[...] = cells[0] if reverse else cells[T]
     else:
         ys = rows[:T] if reverse else rows[1:]
         y_out = out_rows[:T] if reverse else out_rows[1:]
-        np.take(ys, inv, axis=1, out=y_out)
+        np.take(ys, inv, axis=2, out=y_out)
         if reverse:  # the initial state sits at each shorter sequence's own end: a padded step, zero out there
             short = np.nonzero(lengths < T)[0]
-            y_out[lengths[short], short] = 0
-        out_rows[T if reverse else 0] = 0 if h0 is None else h0
+            y_out[lengths[short], :, short] = 0
+        out_rows[T if reverse else 0] = 0 if h0 is None else h0.T
         ar = np.arange(B)
-        hn_out[...] = (rows[0] if reverse else rows[ls, ar])[inv]
+        hn_out[...] = rows[0][:, inv] if reverse else rows[ls, :, ar][inv].T
         if cn_out is not None:
-            cn_out[...] = (cells[0] if reverse else cells[ls, ar])[inv]
-    saved = _Saved(mode, reverse, bias, proj, state, T, B, H, P, xs, w_ih, w_hh, w_hr, rows, acts, cells, tanh_c,
-                   m, hg, counts, perm, inv, dtype)
+            cn_out[...] = cells[0][:, inv] if reverse else cells[ls, :, ar][inv].T
+    saved = _Saved(mode, reverse, bias, proj, state, T, B, H, P, x_aug, ext, wi, wh,
+                   None if w_hr is None else w_hr.astype(dtype, copy=False), rows, acts, sig, cells, tanh_c, m, hg,
+                   counts, perm, inv, order, dtype)
+    t3 = _clock()
+    _record(input_projection=t1 - t0, recurrence_forward=t2 - t1, forward_rest=t3 - t2)
     return out, saved
 
 
-def _rnn_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, rows: np.ndarray, wh_t: np.ndarray,
-                 relu: bool, B: int) -> None:
+def _cols(a: np.ndarray, n: int, B: int) -> np.ndarray:
+    """The first n columns (active sequences) of a (features, batch) block: the block itself when all are."""
+    return a if n == B else a[:, :n]
+
+
+def _rnn_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, ext: np.ndarray, rows: np.ndarray,
+                 step_w: _Product, relu: bool, B: int) -> None:
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        h = rows[t + 1 - rev, :n]
-        np.matmul(rows[t + rev, :n], wh_t, out=h)
-        h += acts[t, :n]
+        a = _cols(acts[t], n, B)
+        step_w.into(_cols(ext[t + rev], n, B), a)  # W_hh h + W_ih x + b
+        h = _cols(rows[t + 1 - rev], n, B)
         if relu:
-            np.maximum(h, 0, out=h)
+            np.maximum(a, 0, out=h)
         else:
-            np.tanh(h, out=h)
+            np.tanh(a, out=h)
 
 
-def _lstm_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, rows: np.ndarray, cells: np.ndarray,
-                  tanh_c: np.ndarray, m_all: np.ndarray | None, wh_t: np.ndarray, w_hr_t: np.ndarray | None, B: int,
-                  H: int) -> None:
+def _lstm_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, sig: np.ndarray, ext: np.ndarray,
+                  rows: np.ndarray, cells: np.ndarray, tanh_c: np.ndarray, m_all: np.ndarray | None,
+                  w_hr: np.ndarray | None, step_w: _Product, B: int, H: int) -> None:
     """Internal gate order i, f, o, g; sigmoid rows pre-halved (see ``_sigmoid_scale``)."""
-    dtype = acts.dtype
-    gemm = np.empty((B, 4 * H), dtype=dtype)
-    tmp = np.empty((B, H), dtype=dtype)
+    tmp = np.empty((H, B), dtype=acts.dtype)
     H2, H3 = 2 * H, 3 * H
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        u = acts[t, :n]
-        gm = gemm[:n]
-        np.matmul(rows[t + rev, :n], wh_t, out=gm)
-        u += gm
-        np.tanh(u, out=u)
-        s = u[:, :H3]  # sigmoid(a) = 0.5 tanh(a/2) + 0.5
-        s *= 0.5
+        u = _cols(acts[t], n, B)
+        step_w.into(_cols(ext[t + rev], n, B), u)  # W_hh h + W_ih x + b, every gate
+        np.tanh(u, out=u)  # tanh of every gate's (halved) pre-activation, kept for the backward
+        s = _cols(sig[t], n, B)
+        np.multiply(u[:H3], 0.5, out=s)  # i, f, o = sigmoid(a) = 0.5 tanh(a/2) + 0.5
         s += 0.5
-        c = cells[t + 1 - rev, :n]
-        np.multiply(u[:, H:H2], cells[t + rev, :n], out=c)  # f * c_{t-1}
-        tm = tmp[:n]
-        np.multiply(u[:, :H], u[:, H3:], out=tm)  # i * g
+        c = _cols(cells[t + 1 - rev], n, B)
+        np.multiply(s[H:H2], _cols(cells[t + rev], n, B), out=c)  # f * c_{t-1}
+        tm = _cols(tmp, n, B)
+        np.multiply(s[:H], u[H3:], out=tm)  # i * g
         c += tm
-        tc = tanh_c[t, :n]
+        tc = _cols(tanh_c[t], n, B)
         np.tanh(c, out=tc)
+        h = _cols(rows[t + 1 - rev], n, B)
         if m_all is None:
-            np.multiply(u[:, H2:H3], tc, out=rows[t + 1 - rev, :n])  # h = o * tanh(c)
+            np.multiply(s[H2:H3], tc, out=h)  # h = o * tanh(c)
         else:
-            mt = m_all[t, :n]
-            np.multiply(u[:, H2:H3], tc, out=mt)
-            np.matmul(mt, w_hr_t, out=rows[t + 1 - rev, :n])  # h = W_hr (o * tanh(c))
+            mt = _cols(m_all[t], n, B)
+            np.multiply(s[H2:H3], tc, out=mt)
+            np.matmul(w_hr, mt, out=h)  # h = W_hr (o * tanh(c))
 
 
-def _gru_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, rows: np.ndarray, hg_all: np.ndarray,
-                 wh_t: np.ndarray, b_h: np.ndarray | None, B: int, H: int) -> None:
-    """Gates r, z, n; r and z rows pre-halved. ``acts`` holds W_i x + b_i and becomes (r, z, n)."""
-    tmp = np.empty((B, H), dtype=acts.dtype)
+def _gru_forward(steps: range, rev: int, counts: Any, acts: np.ndarray, sig: np.ndarray, rows: np.ndarray,
+                 hg_all: np.ndarray, step_w: _Product, b_hn: np.ndarray | None, B: int, H: int) -> None:
+    """Gates r, z, n; r and z rows pre-halved. ``acts`` holds W_i x + b_i (+ b_hr, b_hz) and becomes the tanh of
+    every gate's (halved) pre-activation; ``sig`` gets r and z."""
+    tmp = np.empty((H, B), dtype=acts.dtype)
     H2 = 2 * H
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        hp = rows[t + rev, :n]
-        hg = hg_all[t, :n]
-        np.matmul(hp, wh_t, out=hg)
-        if b_h is not None:
-            hg += b_h
-        u = acts[t, :n]
-        rz = u[:, :H2]
-        rz += hg[:, :H2]
+        hp = _cols(rows[t + rev], n, B)
+        hg = _cols(hg_all[t], n, B)
+        step_w.into(hp, hg)
+        u = _cols(acts[t], n, B)
+        rz = u[:H2]
+        rz += hg[:H2]
         np.tanh(rz, out=rz)
-        rz *= 0.5
-        rz += 0.5
-        tm = tmp[:n]
-        np.multiply(u[:, :H], hg[:, H2:], out=tm)  # r * (W_hn h + b_hn)
-        nn = u[:, H2:]
+        s = _cols(sig[t], n, B)
+        np.multiply(rz, 0.5, out=s)
+        s += 0.5
+        hn = hg[H2:]
+        if b_hn is not None:
+            hn += b_hn
+        tm = _cols(tmp, n, B)
+        np.multiply(s[:H], hn, out=tm)  # r * (W_hn h + b_hn)
+        nn = u[H2:]
         nn += tm
         np.tanh(nn, out=nn)
-        h = rows[t + 1 - rev, :n]
+        h = _cols(rows[t + 1 - rev], n, B)
         np.subtract(hp, nn, out=h)  # h = n + z * (h_prev - n)
-        h *= u[:, H:H2]
+        h *= s[H:H2]
         h += nn
 
 
 # -------------------------------------------------------------------------------------------- the backward
+def _by_step(a: np.ndarray) -> np.ndarray:
+    """(T, F, B) per-step blocks -> (F, T*B): the layout of one GEMM over all steps (a transposing copy)."""
+    T, F, B = a.shape
+    return np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(F, T * B)
+
+
+def _batch_major(a: np.ndarray, extra: int = 0) -> np.ndarray:
+    """(T, F, B) -> (T*B, F [+ extra]) (a transposing copy; ``extra`` columns of ones appended)."""
+    T, F, B = a.shape
+    out = np.empty((T, B, F + extra), dtype=a.dtype)
+    out[..., :F] = a.transpose(0, 2, 1)
+    if extra:
+        out[..., F:] = 1
+    return out.reshape(T * B, F + extra)
+
+
 def recurrence_backward(s: _Saved, g: np.ndarray, needs: tuple[bool, ...]) -> tuple[np.ndarray | None, ...]:
     """Backpropagation through time: the gradient of every input from the gradient of the flat output."""
+    t0 = _clock()
     T, B, H, P, mode, dtype = s.T, s.B, s.H, s.P, s.mode, s.dtype
     G = GATES[mode]
     layout = packed_layout(T, B, P, H, mode)
     g = np.asarray(g, dtype=dtype)
-    g_rows = g[:layout["rows"][1]].reshape(T + 1, B, P)
+    g_rows = g[:layout["rows"][1]].reshape(T + 1, P, B)
     g_y = g_rows[:T] if s.reverse else g_rows[1:]
     g_h0_row = g_rows[T] if s.reverse else g_rows[0]
-    g_hn = g[slice(*layout["h_n"])].reshape(B, P)
-    g_cn = g[slice(*layout["c_n"])].reshape(B, H) if mode == "lstm" else None
+    g_hn = g[slice(*layout["h_n"])].reshape(P, B)
+    g_cn = g[slice(*layout["c_n"])].reshape(H, B) if mode == "lstm" else None
     if s.perm is not None:
-        g_y = np.take(g_y, s.perm, axis=1)
-        g_hn = g_hn[s.perm]
-        g_cn = None if g_cn is None else g_cn[s.perm]
+        g_y = np.take(g_y, s.perm, axis=2)
+        g_hn = g_hn[:, s.perm]
+        g_cn = None if g_cn is None else g_cn[:, s.perm]
     dh = np.array(g_hn, dtype=dtype)  # the error reaching h at each sequence's last step, carried back
     steps = range(T) if s.reverse else range(T - 1, -1, -1)  # the forward's steps, backwards
     rev = 1 if s.reverse else 0
-    make = np.zeros if s.counts is not None else np.empty  # NOTE: padded rows must hold zero gradients
-    dc = None
-    dw_hr = None
-    if mode in ("rnn_tanh", "rnn_relu"):
-        d_x = d_h = make((T, B, H), dtype=dtype)
-        _rnn_backward(steps, rev, s, g_y, dh, d_h)
-        order = None
-    elif mode == "lstm":
-        d_x = d_h = make((T, B, 4 * H), dtype=dtype)
-        dc = np.array(g_cn, dtype=dtype)
-        order = _lstm_order(H)
-        dh_all = make((T, B, P), dtype=dtype) if s.proj else None
-        _lstm_backward(steps, rev, s, g_y, dh, dc, d_h, s.w_hh[order].astype(dtype, copy=False), dh_all)
-        if s.proj:
-            dw_hr = dh_all.reshape(T * B, P).T @ s.m.reshape(T * B, H)
-    else:
-        d_x = make((T, B, 3 * H), dtype=dtype)
-        d_h = make((T, B, 3 * H), dtype=dtype)
-        _gru_backward(steps, rev, s, g_y, dh, d_x, d_h)
-        order = None
+    make = np.zeros if s.counts is not None else np.empty  # NOTE: padded columns must hold zero gradients
+    # the backward's gate gradients are taken with respect to the halved sigmoid pre-activations, up to the
+    # factor 0.25 of the sigmoid rows, which W_hh^T takes here and the weight gradients after the loop
+    dscale = _sigmoid_scale(mode, H, 0.25, dtype)
+    w_hh = s.w_hh if dscale is None else s.w_hh * dscale[:, None]
+    step_w = _Product(w_hh.T, B)
+    dc = e_n = dh_all = None
+    e = make((T, G * H, B), dtype=dtype)  # dL/d(pre-activations) (GRU: of W_h h + b_h), up to dscale
+    t1 = _clock()
+    with _OneBlasThread(B):
+        if mode in ("rnn_tanh", "rnn_relu"):
+            _rnn_backward(steps, rev, s, g_y, dh, e, step_w)
+        elif mode == "lstm":
+            dc = np.array(g_cn, dtype=dtype)
+            dh_all = make((T, P, B), dtype=dtype) if s.proj else None
+            _lstm_backward(steps, rev, s, g_y, dh, dc, e, dh_all, step_w)
+        else:
+            e_n = make((T, H, B), dtype=dtype)  # dL/d(n pre-activation): the input side's n part
+            _gru_backward(steps, rev, s, g_y, dh, e, e_n, step_w)
+    t2 = _clock()
 
-    grads: list[np.ndarray | None] = []
-    dx2 = d_x.reshape(T * B, G * H)
-    dh2 = d_h.reshape(T * B, G * H)
-    unorder = None if order is None else np.argsort(order)
-    # one GEMM each, over all steps
-    if needs[0]:
-        w_ih = s.w_ih if order is None else s.w_ih[order]
-        dxs = (dx2 @ w_ih.astype(dtype, copy=False)).reshape(T, B, -1)
-        grads.append(dxs if s.inv is None else np.take(dxs, s.inv, axis=1))
+    # the weight and input gradients: one GEMM each over all T*B columns
+    I = s.w_ih.shape[1]
+    k0 = I + (1 if s.bias else 0)
+    prev = s.rows[1:] if s.reverse else s.rows[:T]  # the state each step read
+    w_ih = s.w_ih if dscale is None else s.w_ih * dscale[:, None]
+    e2 = _by_step(e)
+    if mode == "gru":
+        e_x2 = e2.copy()
+        e_x2[2 * H:] = _by_step(e_n)
+        dw_i = e_x2 @ s.x_aug.reshape(T * B, k0) if needs[1] or (s.bias and needs[3]) else None  # [dW_ih | db_ih]
+        dw_h = e2 @ _batch_major(prev, 1 if s.bias else 0) if needs[2] or (s.bias and needs[4]) else None
+        if dscale is not None:
+            dw_i = None if dw_i is None else dw_i * dscale[:, None]
+            dw_h = None if dw_h is None else dw_h * dscale[:, None]
+        dx = (e_x2.T @ w_ih).reshape(T, B, I) if needs[0] else None
     else:
-        grads.append(None)
-    if needs[1]:
-        dw = dx2.T @ s.x.reshape(T * B, -1)
-        grads.append(dw if unorder is None else dw[unorder])
-    else:
-        grads.append(None)
-    if needs[2]:
-        prev = s.rows[1:] if s.reverse else s.rows[:T]  # the state each step read
-        dw = dh2.T @ prev.reshape(T * B, P)
-        grads.append(dw if unorder is None else dw[unorder])
-    else:
-        grads.append(None)
+        # [dW_hh | dW_ih | db]: one GEMM with the operands the steps read, [h_{t-1}; x_t; 1]
+        dw = e2 @ _batch_major(s.ext[1:] if s.reverse else s.ext[:T]) if any(needs[1:5]) else None
+        if dw is not None and dscale is not None:
+            dw *= dscale[:, None]
+        if dw is not None and s.order is not None:
+            dw = dw[np.argsort(s.order)]
+        dw_i = None if dw is None else dw[:, P:]
+        dw_h = None if dw is None else dw[:, :P]
+        dx = np.matmul(e.transpose(0, 2, 1), w_ih) if needs[0] else None
+    grads: list[np.ndarray | None] = [
+        None if dx is None else (dx if s.inv is None else np.take(dx, s.inv, axis=1)),
+        np.ascontiguousarray(dw_i[:, :I]) if needs[1] else None,
+        np.ascontiguousarray(dw_h[:, :P]) if needs[2] else None,
+    ]
     k = 3
     if s.bias:
-        db_i = dx2.sum(axis=0) if needs[k] else None
-        db_h = None
-        if needs[k + 1]:  # NOTE: the same sum for RNN and LSTM, but never one array for two inputs
-            db_h = dh2.sum(axis=0) if d_h is not d_x or db_i is None else db_i.copy()
-        if unorder is not None:
-            db_i = None if db_i is None else db_i[unorder]
-            db_h = None if db_h is None else db_h[unorder]
-        grads += [db_i, db_h]
+        if mode == "gru":
+            grads += [dw_i[:, I].copy() if needs[3] else None, dw_h[:, P].copy() if needs[4] else None]
+        else:  # NOTE: the same sum for both biases, but never one array for two inputs
+            grads += [dw_i[:, I].copy() if needs[3] else None, dw_i[:, I].copy() if needs[4] else None]
         k += 2
     if s.proj:
-        grads.append(dw_hr if needs[k] else None)
+        grads.append(_by_step(dh_all) @ _batch_major(s.m) if needs[k] else None)
         k += 1
     if s.state >= 1:
-        dh0 = dh if s.inv is None else dh[s.inv]
-        grads.append(dh0 + g_h0_row if needs[k] else None)
+        dh0 = dh if s.inv is None else dh[:, s.inv]
+        grads.append((dh0 + g_h0_row).T if needs[k] else None)
     if s.state >= 2:
-        grads.append((dc if s.inv is None else dc[s.inv]) if needs[k + 1] else None)
+        grads.append((dc if s.inv is None else dc[:, s.inv]).T if needs[k + 1] else None)
+    t3 = _clock()
+    _record(backward_rest=t1 - t0, backward_through_time=t2 - t1, weight_gradients=t3 - t2)
     return tuple(grads)
 
 
-def _rnn_backward(steps: range, rev: int, s: _Saved, g_y: np.ndarray, dh: np.ndarray, d_a: np.ndarray) -> None:
-    w_hh = s.w_hh.astype(s.dtype, copy=False)
+def _rnn_backward(steps: range, rev: int, s: _Saved, g_y: np.ndarray, dh: np.ndarray, e: np.ndarray,
+                  step_w: _Product) -> None:
     relu = s.mode == "rnn_relu"
     rows, counts, B = s.rows, s.counts, s.B
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        d = dh[:n]
-        d += g_y[t, :n]
-        h = rows[t + 1 - rev, :n]
-        da = d_a[t, :n]
+        d = _cols(dh, n, B)
+        d += _cols(g_y[t], n, B)
+        h = _cols(rows[t + 1 - rev], n, B)
+        da = _cols(e[t], n, B)
         if relu:
             np.multiply(d, h > 0, out=da)
         else:  # tanh' = 1 - h^2
             np.multiply(h, h, out=da)
             np.subtract(1, da, out=da)
             da *= d
-        np.matmul(da, w_hh, out=d)
+        step_w.into(da, d)
 
 
 def _lstm_backward(steps: range, rev: int, s: _Saved, g_y: np.ndarray, dh: np.ndarray, dc: np.ndarray,
-                   d_a: np.ndarray, w_hh: np.ndarray, dh_all: np.ndarray | None) -> None:
-    """Internal order i, f, o, g. d_a gets dL/da (the unscaled pre-activations)."""
+                   e: np.ndarray, dh_all: np.ndarray | None, step_w: _Product) -> None:
+    """Internal order i, f, o, g; ``e`` gets dL/du up to the factor 0.25 of the sigmoid rows (u the halved
+    pre-activations of i, f, o and g's own, see ``_sigmoid_scale``)."""
     H, B = s.H, s.B
     H2, H3 = 2 * H, 3 * H
-    cells, tanh_c, acts, counts = s.cells, s.tanh_c, s.acts, s.counts
-    w_hr = None if s.w_hr is None else s.w_hr.astype(s.dtype, copy=False)
-    tmp = np.empty((B, H), dtype=s.dtype)
-    dm_buf = np.empty((B, H), dtype=s.dtype) if w_hr is not None else None
-    sig = np.empty((B, H3), dtype=s.dtype)
+    cells, tanh_c, acts, sig, counts = s.cells, s.tanh_c, s.acts, s.sig, s.counts
+    w_hr_t = None if s.w_hr is None else np.ascontiguousarray(s.w_hr.T)
+    tmp = np.empty((H, B), dtype=s.dtype)
+    dm_buf = np.empty((H, B), dtype=s.dtype) if w_hr_t is not None else None
+    q_buf = np.empty((4 * H, B), dtype=s.dtype)
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        d = dh[:n]
-        d += g_y[t, :n]  # dL/dh_t
-        if w_hr is not None:
-            dh_all[t, :n] = d
-            dm = dm_buf[:n]
-            np.matmul(d, w_hr, out=dm)  # dL/dm_t, m = o * tanh(c)
+        d = _cols(dh, n, B)
+        d += _cols(g_y[t], n, B)  # dL/dh_t
+        if w_hr_t is not None:
+            _cols(dh_all[t], n, B)[...] = d
+            dm = _cols(dm_buf, n, B)
+            np.matmul(w_hr_t, d, out=dm)  # dL/dm_t, m = o * tanh(c)
         else:
             dm = d
-        u = acts[t, :n]
-        da = d_a[t, :n]
-        tc = tanh_c[t, :n]
-        c_t = dc[:n]
-        tm = tmp[:n]
+        u = _cols(acts[t], n, B)
+        sg = _cols(sig[t], n, B)
+        da = _cols(e[t], n, B)
+        tc = _cols(tanh_c[t], n, B)
+        c_t = _cols(dc, n, B)
+        tm = _cols(tmp, n, B)
         np.multiply(tc, tc, out=tm)  # dc_t += dm * o * (1 - tanh(c)^2)
         np.subtract(1, tm, out=tm)
-        tm *= u[:, H2:H3]
+        tm *= sg[H2:H3]
         tm *= dm
         c_t += tm
-        np.multiply(dm, tc, out=da[:, H2:H3])  # do
-        np.multiply(c_t, u[:, H3:], out=da[:, :H])  # di = dc * g
-        np.multiply(c_t, cells[t + rev, :n], out=da[:, H:H2])  # df = dc * c_{t-1}
-        np.multiply(c_t, u[:, :H], out=da[:, H3:])  # dg = dc * i
-        c_t *= u[:, H:H2]  # dc_{t-1} = dc * f
-        sg = sig[:n]
-        np.subtract(1, u[:, :H3], out=sg)  # sigmoid' = s (1 - s)
-        sg *= u[:, :H3]
-        da[:, :H3] *= sg
-        gg = tm  # tanh' = 1 - g^2
-        np.multiply(u[:, H3:], u[:, H3:], out=gg)
-        np.subtract(1, gg, out=gg)
-        da[:, H3:] *= gg
-        np.matmul(da, w_hh, out=d)  # dL/dh_{t-1} (before the output gradient of step t-1 joins)
+        np.multiply(c_t, u[H3:], out=da[:H])  # di = dc * g
+        np.multiply(c_t, _cols(cells[t + rev], n, B), out=da[H:H2])  # df = dc * c_{t-1}
+        np.multiply(dm, tc, out=da[H2:H3])  # do
+        np.multiply(c_t, sg[:H], out=da[H3:])  # dg = dc * i
+        c_t *= sg[H:H2]  # dc_{t-1} = dc * f
+        q = _cols(q_buf, n, B)
+        np.multiply(u, u, out=q)  # every gate's tanh' = 1 - t^2 (the sigmoid rows' 0.25 aside)
+        np.subtract(1, q, out=q)
+        da *= q
+        step_w.into(da, d)  # dL/dh_{t-1} (before the output gradient of step t-1 joins)
 
 
-def _gru_backward(steps: range, rev: int, s: _Saved, g_y: np.ndarray, dh: np.ndarray, d_x: np.ndarray,
-                  d_h: np.ndarray) -> None:
-    """d_x: dL/d(W_i x + b_i) (r, z, n); d_h: dL/d(W_h h + b_h); they differ in the n part only."""
+def _gru_backward(steps: range, rev: int, s: _Saved, g_y: np.ndarray, dh: np.ndarray, e: np.ndarray,
+                  e_n: np.ndarray, step_w: _Product) -> None:
+    """``e``: dL/d(W_h h + b_h) (r, z, n); ``e_n``: dL/d(n pre-activation), the input side's n part (the r and
+    z rows up to their factor 0.25, see ``_lstm_backward``)."""
     H, B = s.H, s.B
     H2 = 2 * H
-    rows, acts, hg_all, counts = s.rows, s.acts, s.hg, s.counts
-    w_hh = s.w_hh.astype(s.dtype, copy=False)
-    t1 = np.empty((B, H), dtype=s.dtype)
-    t2 = np.empty((B, H), dtype=s.dtype)
-    sig = np.empty((B, H2), dtype=s.dtype)
+    rows, acts, sig, hg_all, counts = s.rows, s.acts, s.sig, s.hg, s.counts
+    t1 = np.empty((H, B), dtype=s.dtype)
+    t2 = np.empty((H, B), dtype=s.dtype)
+    q_buf = np.empty((3 * H, B), dtype=s.dtype)
     for t in steps:
         n = B if counts is None else counts[t]
         if n == 0:
             continue
-        d = dh[:n]
-        d += g_y[t, :n]  # dL/dh_t
-        u = acts[t, :n]
-        r, z, nn = u[:, :H], u[:, H:H2], u[:, H2:]
-        hp = rows[t + rev, :n]
-        dx, dhh = d_x[t, :n], d_h[t, :n]
-        a, b = t1[:n], t2[:n]
-        np.multiply(nn, nn, out=a)  # dL/d(n pre-activation) = dh (1 - z) (1 - n^2)
-        np.subtract(1, a, out=a)
-        np.subtract(1, z, out=b)
+        d = _cols(dh, n, B)
+        d += _cols(g_y[t], n, B)  # dL/dh_t
+        u = _cols(acts[t], n, B)
+        sg = _cols(sig[t], n, B)
+        r, z = sg[:H], sg[H:H2]
+        hp = _cols(rows[t + rev], n, B)
+        dhh = _cols(e[t], n, B)
+        a, b = _cols(t1, n, B), _cols(t2, n, B)
+        q = _cols(q_buf, n, B)
+        np.multiply(u, u, out=q)  # tanh' = 1 - t^2 of every gate
+        np.subtract(1, q, out=q)
+        np.subtract(1, z, out=b)  # dL/d(n pre-activation) = dh (1 - z) (1 - n^2)
         b *= d
-        dn = dx[:, H2:]
-        np.multiply(a, b, out=dn)
-        np.multiply(dn, r, out=dhh[:, H2:])  # through r * (W_hn h + b_hn)
-        np.multiply(dn, hg_all[t, :n, H2:], out=dhh[:, :H])  # dr
-        np.subtract(hp, nn, out=dhh[:, H:H2])  # dz = dh (h_prev - n)
-        dhh[:, H:H2] *= d
-        sg = sig[:n]
-        np.subtract(1, u[:, :H2], out=sg)
-        sg *= u[:, :H2]
-        dhh[:, :H2] *= sg
-        dx[:, :H2] = dhh[:, :H2]
+        dn = _cols(e_n[t], n, B)
+        np.multiply(b, q[H2:], out=dn)
+        np.multiply(dn, r, out=dhh[H2:])  # through r * (W_hn h + b_hn)
+        np.multiply(dn, _cols(hg_all[t], n, B)[H2:], out=dhh[:H])  # dr
+        np.subtract(hp, u[H2:], out=dhh[H:H2])  # dz = dh (h_prev - n)
+        dhh[H:H2] *= d
+        dhh[:H2] *= q[:H2]
         np.multiply(d, z, out=a)  # the direct path h_prev -> h
-        np.matmul(dhh, w_hh, out=d)
+        step_w.into(dhh, d)
         d += a
 
 
@@ -605,7 +756,7 @@ def _torch_reference(T: Any, mode: str, reverse: bool, lengths: np.ndarray | Non
     y = y[..., P:] if reverse else y
     init = zeros_h if h0 is None else h0
     parts = [y, init[None]] if reverse else [init[None], y]
-    flat = [T.cat(parts).reshape(-1), hn.reshape(-1)] + ([cn.reshape(-1)] if cn is not None else [])
+    flat = [T.cat(parts).transpose(1, 2).reshape(-1), hn.T.reshape(-1)] + ([cn.T.reshape(-1)] if cn is not None else [])
     return T.cat(flat)
 
 

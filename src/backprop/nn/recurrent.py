@@ -208,11 +208,12 @@ class _RNNBase(Module):
                     given = [Tensor(np.zeros((B, P), dtype=dtype)), c0[k]]
                 flat = Recurrence.apply(layer_in, *self._weights(layer, d), *given, mode=self.mode, reverse=d == 1,
                                         lengths=lengths, bias=self.bias, proj=bool(self.proj_size), state=len(given))
+                # NOTE: the op's blocks are feature-major (P, B): transposed views give PyTorch's shapes
                 a, b = (0, T * B * P) if d == 1 else (B * P, (T + 1) * B * P)
-                outs.append(flat[a:b].reshape(T, B, P))
-                hns.append(flat[slice(*layout["h_n"])].reshape(B, P))
+                outs.append(flat[a:b].reshape(T, P, B).transpose(0, 2, 1))
+                hns.append(flat[slice(*layout["h_n"])].reshape(P, B).T)
                 if self.mode == "lstm":
-                    cns.append(flat[slice(*layout["c_n"])].reshape(B, H))
+                    cns.append(flat[slice(*layout["c_n"])].reshape(H, B).T)
             layer_in = outs[0] if D == 1 else concatenate(outs, axis=2)
             if self.dropout and self.training and layer < L - 1:
                 layer_in = F.dropout(layer_in, self.dropout)
@@ -437,11 +438,11 @@ class _CellBase(Module):
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
         flat = Recurrence.apply(x.reshape(1, B, self.input_size), *weights, *given, mode=self.mode, bias=self.bias,
                                 state=len(given))
-        h_new = flat[B * H:2 * B * H].reshape(B, H) if batched else flat[H:2 * H]
+        h_new = flat[B * H:2 * B * H].reshape(H, B).T if batched else flat[H:2 * H]  # feature-major blocks
         c_new = None
         if self.mode == "lstm":
             a, b = packed_layout(1, B, H, H, "lstm")["c_n"]
-            c_new = flat[a:b].reshape(B, H) if batched else flat[a:b]
+            c_new = flat[a:b].reshape(H, B).T if batched else flat[a:b]
         return h_new, c_new
 
     def extra_repr(self) -> str:
