@@ -110,6 +110,7 @@ class _Layer:
                                  f"{x.shape}): {e}") from e
             # NOTE: a layer returning a tuple (MultiheadAttention's (output, weights)) passes its first item on
             outs = out if isinstance(out, tuple) else (out,)
+            outs = [p for o in outs for p in (o if isinstance(o, tuple) else (o,))]  # LSTM: (y, (h_n, c_n))
             self.outputs = [np.asarray(o.data if isinstance(o, Tensor) else o) for o in outs if o is not None]
             self._y = self.outputs[0]
         return self._y
