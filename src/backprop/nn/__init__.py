@@ -52,6 +52,7 @@ from backprop.nn.padding import (
 from backprop.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from backprop.nn.preprocessing import Normalization
 from backprop.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from backprop.nn.sequence_models import RecurrentLM, RecurrentNet, TransformerLM, TransformerNet
 from backprop.nn.transformer import (
     PositionalEncoding,
     TransformerEncoder,
@@ -65,10 +66,10 @@ __all__ = [
     "Embedding", "Flatten", "GRUCell", "Hardtanh", "Identity", "LSTMCell", "LayerNorm", "LeakyReLU", "Linear",
     "LogSoftmax", "MaxPool2d",
     "Module", "ModuleList", "MultiheadAttention", "Normalization", "Parameter", "PositionalEncoding", "RNNCell",
-    "ReLU",
+    "ReLU", "RecurrentLM", "RecurrentNet",
     "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
     "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
-    "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
+    "TransformerEncoder", "TransformerEncoderLayer", "TransformerLM", "TransformerNet", "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
     "functional", "generate_square_subsequent_mask", "init", "losses", "models", "sinusoidal_positional_encoding",
     "utils",
 ]
