@@ -620,3 +620,35 @@ def test_the_page_is_package_data():
     assert sorted(static_files()) == sorted(names) == ["app.js", "index.html", "style.css"]
     for name in names:
         assert any(fnmatch.fnmatch(f"static/{name}", pattern) for pattern in patterns), name
+
+
+def test_the_exported_model_is_a_plain_safetensors_file_pytorch_reads(tmp_path):
+    s = Session(small(hidden=(4,), activations=("relu",)))
+    s.run(30)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(s.export_model())
+    from safetensors.numpy import load_file
+
+    tensors = load_file(path)
+    assert sorted(tensors) == ["0.bias", "0.weight", "2.bias", "2.weight"]  # torch.nn.Sequential's names
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file as load_torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    net.load_state_dict(load_torch(path))
+    f = s.data.f_test
+    np.testing.assert_allclose(net(torch.from_numpy(f)).detach().numpy(), s._outputs(f)[1].data, atol=1e-12)
+
+
+def test_a_port_in_use_is_one_clear_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "backprop", "playground", "--port", str(port), "--no-browser"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"backprop: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+                                   "(--port 0 picks a free port)")

@@ -275,7 +275,9 @@ class Session:
         if self._inside:  # NOTE: nested (a stop check evaluates inside a step): the generator is already ours
             yield
             return
-        with ENGINE_LOCK:
+        # NOTE: overflow in a diverging run is reported once, as Diverged (the loss is checked every step),
+        # not as NumPy warnings on the server's console
+        with ENGINE_LOCK, np.errstate(over="ignore", invalid="ignore"):
             self._inside = True
             rng = get_rng()
             saved = rng.bit_generator.state
@@ -447,8 +449,7 @@ class Session:
         if self._evaluated is not None and self._evaluated[0] == self.iteration:
             return self._evaluated[1]
         d = self.data
-        # NOTE: a diverging run's loss may overflow: it is shown as such (null), not warned about every frame
-        with self.engine(), np.errstate(over="ignore", invalid="ignore"):
+        with self.engine():  # NOTE: a diverging run's loss may overflow: shown as such (null), without a warning
             losses = {}
             outputs = {}
             for name, f, y in (("train", d.f_train, d.y_train), ("test", d.f_test, d.y_test)):

@@ -421,7 +421,6 @@
     const thumbs = frame.thumbs, size = frame.thumb_size;
     const n = frame.neurons;
     const phase = frame.phase;
-    const last = model.sizes.length - 1;
     for (let L = 0; L < model.sizes.length; L++) {
       for (let i = 0; i < model.sizes[L]; i++) {
         const d = document.querySelector(`[data-testid="neuron-${L}-${i}"]`);
@@ -449,7 +448,6 @@
           else if (phase === "update" && frame.bias_updates) text = "\u0394b=" + fmt(frame.bias_updates[L - 1][i], 3);
         }
         d.querySelector(".nval").textContent = text;
-        if (L === last) d.querySelector(".nval").style.left = "50%";
       }
     }
   }
