@@ -652,3 +652,15 @@ def test_a_port_in_use_is_one_clear_line():
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"backprop: error: cannot listen on 127.0.0.1:{port}: Address already in use "
                                    "(--port 0 picks a free port)")
+
+
+def test_a_link_that_does_not_fit_its_data_opens_the_defaults_and_says_why():
+    box = Outbox()
+    w = Worker(box)
+    try:
+        w.submit(parse('{"type": "hello", "query": "?dataset=xor&points=1:1:7"}'))  # class 7 of a 2-class set
+        got = _drain(box, w, "frame")
+    finally:
+        w.close()
+    assert any(m["type"] == "error" and "a point's class must be 0 to 1" in m["message"] for m in got)
+    assert w.session is not None and w.session.config.points == ()

@@ -326,7 +326,11 @@ class Worker:
                 self.outbox.put(error("the link names uploaded data, which a link cannot carry: upload the file "
                                       "again", "dataset"))
                 config = config.with_field("dataset", Config().dataset)
-            self._reset(config)
+            try:
+                self._reset(config)
+            except ConfigError as e:  # NOTE: a link whose whole does not fit its data: the defaults, and why
+                self.outbox.put(error(f"in the link: {e}", e.field))
+                self._reset(Config())
             return
         if self.session is None:
             raise ProtocolError(f"{kind}: send hello first")
