@@ -188,6 +188,33 @@ def test_layer_gradcheck_with_lengths():
     assert bp.gradcheck(fn, [*inputs, *[p.data for p in lstm.parameters()]])
 
 
+@pytest.mark.parametrize("kind, hidden, batch", [("lstm", 128, 32), ("gru", 128, 24), ("rnn_tanh", 200, 32),
+                                                   ("lstm", 40, 70)])
+def test_matches_torch_at_sizes_that_split_the_step_products(kind, hidden, batch):
+    """Sizes where a step's product (G*H, P) @ (P, B) is computed in row chunks (see recurrence._row_chunks), and
+    a batch of 64+ where it is one call with the BLAS's own threads."""
+    from backprop.nn.recurrence import _row_chunks
+
+    ours_cls, theirs_cls, extra = KINDS[kind]
+    G = {"lstm": 4, "gru": 3}.get(kind, 1)
+    k = hidden + (0 if kind == "gru" else 17 + 1)  # the step's operand: h, and for RNN/LSTM also x and a one
+    assert (len(_row_chunks(G * hidden, k, batch)) > 1) == (batch <= 32)
+    bp.manual_seed(0)
+    ours = ours_cls(17, hidden, bidirectional=True, **extra).double()
+    theirs = theirs_cls(17, hidden, bidirectional=True, **extra).double()
+    theirs.load_state_dict({name: torch.tensor(v) for name, v in ours.state_dict().items()})
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((6, batch, 17))
+    lens = rng.integers(1, 7, batch)
+    got, want, leaves = _run_both(ours, theirs, x, None, lens, False, rng)
+    for g, w in zip(got, want):
+        _assert_close(g.data, w.detach().numpy(), "value")
+    _assert_close(leaves[0][0].grad, leaves[0][1].grad.numpy(), "input gradient")
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        _assert_close(p.grad, grads[name].grad.numpy(), name)
+
+
 # -------------------------------------------------------------------------------------------- cells
 CELLS = [("rnn_tanh", nn.RNNCell, torch.nn.RNNCell, {}), ("rnn_relu", nn.RNNCell, torch.nn.RNNCell,
          {"nonlinearity": "relu"}), ("lstm", nn.LSTMCell, torch.nn.LSTMCell, {}), ("gru", nn.GRUCell, torch.nn.GRUCell, {})]
