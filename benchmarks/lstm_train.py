@@ -22,10 +22,12 @@ own process (see ``_common.py`` for why), ``--rounds`` rounds in rotated order:
 * ``jax`` (when installed): the LSTM cell in ``jax.numpy`` under ``lax.scan``, ``jax.jit(jax.grad(...))``.
 
 It prints the step time (median and half the range of the rounds), each implementation at its best thread
-count and its ratio to PyTorch's best (target >= 0.8x, PASS/FAIL), then where backprop's step goes: the
-phases of its recurrence op (``backprop.nn.recurrence.PHASES``: the input projection GEMM, the forward time
-loop, backpropagation through time, the weight-gradient GEMMs) and the rest (the graph, the views of the op's
-output, ``zero_grad``), and PyTorch's forward / backward split. Importing this module runs nothing.
+count and its ratio to PyTorch's best (target >= 0.8x, PASS/FAIL), with the CPU time per step beside the
+wall time (on a busy shared machine a process waits for a core; its CPU time does not count the wait), then
+where backprop's step goes: the phases of its recurrence op (``backprop.nn.recurrence.PHASES``: weights and
+inputs laid out, the forward time loop, whose one GEMM per step also projects the input, backpropagation
+through time, the weight-gradient GEMM) and the rest (the graph, the views of the op's output,
+``zero_grad``), and PyTorch's forward / backward split. Importing this module runs nothing.
 """
 
 from __future__ import annotations
@@ -70,12 +72,12 @@ BACKPROP = ("backprop-loop", "backprop-jit")
 T, B, I, H = 50, 32, 32, 128
 SPEED_TARGET = 0.8
 PHASE_NAMES = {
-    "input_projection": "input projection (one GEMM over all steps, weights prepared)",
-    "recurrence_forward": "recurrence forward (time loop: a GEMM per step, gates)",
+    "input_projection": "weights and inputs laid out (GRU: + the input projection GEMM)",
+    "recurrence_forward": "recurrence forward (time loop: one GEMM per step incl. W_ih x, gates)",
     "forward_rest": "forward: outputs, h_n, c_n",
     "backward_rest": "backward: output gradient taken apart",
     "backward_through_time": "backward through time (time loop: a GEMM per step, gates)",
-    "weight_gradients": "weight gradients (one GEMM over all steps) and layouts",
+    "weight_gradients": "weight gradients (one GEMM over all steps), dx, layouts",
 }
 
 

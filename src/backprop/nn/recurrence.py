@@ -6,11 +6,15 @@ step. Written as small ops it would be thousands of nodes per batch; here the wh
 activations, and whose backward runs the loop backwards (the error flowing from step t to step t-1 through
 ``W_hh``) and then forms every weight gradient as **one** matrix product over all steps:
 
-* before the loop, the input projection of all T steps is one GEMM, ``X (T*B, I) @ W_ih^T`` (biases added);
-* each step is one GEMM for all gates of the batch, ``h_{t-1} (B, P) @ W_hh^T (P, G*H)``, and a few
-  in-place elementwise NumPy calls into preallocated buffers;
-* backward, each step is one GEMM ``dA_t @ W_hh`` carrying the error to ``h_{t-1}``; after the loop
-  ``dW_ih = dA^T X``, ``dW_hh = dA^T H_prev`` and ``dX = dA W_ih`` are one GEMM each over all T*B rows.
+* each step is one GEMM for all gates of the whole batch. For the RNN and the LSTM it is
+  ``[W_hh | W_ih | b] (G*H, P+I+1) @ [h_{t-1}; x_t; 1] (P+I+1, B)``: the input's projection is made in the
+  same product, in cache for the gates that follow (measured: 4.0 ms instead of 4.8 ms for the LSTM forward
+  at H=128, B=32, T=50 with the projection of all steps as one GEMM before the loop). The GRU's n gate needs
+  ``W_in x`` apart from ``W_hn h``, so its input projection of all T steps is one GEMM before the loop;
+* then a few in-place elementwise NumPy calls into preallocated buffers; one ``np.tanh`` activates every gate
+  (the sigmoid gates' weights are halved: sigmoid(a) = 0.5 tanh(a/2) + 0.5);
+* backward, each step is one GEMM ``W_hh^T dA_t`` carrying the error to ``h_{t-1}``; after the loop
+  ``[dW_hh | dW_ih | db] = dA [h_prev; x; 1]^T`` is one GEMM over all T*B columns, and ``dX`` another.
 
 Gates and formulas are PyTorch's (``torch.nn.RNN/LSTM/GRU``): LSTM gates i, f, g, o; GRU gates r, z, n with
 ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; optional LSTM projection ``h = W_hr (o * tanh(c))``.
@@ -22,9 +26,8 @@ receive no gradient and give zero outputs, and the reverse direction starts at e
 
 Inside, every per-step array is **feature-major**, (features, batch): a gate is then a contiguous block of
 rows of the step's (G*H, B) pre-activations, which NumPy's elementwise calls run on about five times faster
-than on the strided column slices of a (B, G*H) array, and the step's product ``W_hh (G*H, P) @ h (P, B)``
-is the faster orientation of OpenBLAS's kernels for a small batch (measured: 41 us against 61 us for
-H=128, B=32, float32).
+than on the strided column slices of a (B, G*H) array (measured: 0.8 us against 4.2 us for one multiply of
+H=128 by B=32 float32 values).
 
 The op's output is one flat array (an op has one output), from which the layer takes its views::
 

@@ -1,8 +1,8 @@
 """Recurrent layers: RNN, LSTM, GRU and their cells, with PyTorch's arguments, shapes, weights and results.
 
 Each layer and direction runs as one engine op (:class:`~backprop.nn.recurrence.Recurrence`: the time loop
-and backpropagation through time in NumPy, one GEMM per step for all gates, the input projection and the
-weight gradients as one GEMM over all steps), so a layer is a handful of graph nodes whatever the length.
+and backpropagation through time in NumPy, one GEMM per step for all gates of the batch, the weight gradients
+as one GEMM over all steps), so a layer is a handful of graph nodes whatever the sequence's length.
 
 Shapes (as ``torch.nn.LSTM``; D = 2 if bidirectional else 1, P = proj_size or hidden_size)::
 
