@@ -28,6 +28,9 @@ where backprop's step goes: the phases of its recurrence op (``backprop.nn.recur
 inputs laid out, the forward time loop, whose one GEMM per step also projects the input, backpropagation
 through time, the weight-gradient GEMM) and the rest (the graph, the views of the op's output,
 ``zero_grad``), and PyTorch's forward / backward split. Importing this module runs nothing.
+
+>>> [a.shape for a in make_data()]      # the input (T, B, I) and the output's gradient (T, B, H)
+[(50, 32, 32), (50, 32, 128)]
 """
 
 from __future__ import annotations
