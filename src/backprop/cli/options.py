@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backprop.data import load_dataset
+from backprop.data.sequences import DEFAULT_SEQ_LEN
 from backprop.engine.constraints import Interval, argtype
 
 EXIT_USAGE = 2  # bad options or bad data: one line on stderr
@@ -89,11 +90,17 @@ def data_options(p: argparse.ArgumentParser, *, for_model: bool = False) -> None
     """
     if for_model:
         p.add_argument("--dataset", default=None,
-                       help="digits, mnist, fashion-mnist (their test split) or csv:PATH (the whole file) "
-                            "(default: the named data set the model was trained on)")
+                       help="digits, mnist, fashion-mnist, seq-mnist, adding[:T], copy[:T] (their test split), "
+                            "text:PATH (its last 10%%) or csv:PATH (the whole file) (default: the named data set "
+                            "the model was trained on)")
     else:
         p.add_argument("--dataset", default="digits",
-                       help="digits (bundled), mnist, fashion-mnist or csv:PATH (default: digits)")
+                       help="digits (bundled), mnist, fashion-mnist or csv:PATH; for the sequence models "
+                            "seq-mnist (MNIST row by row), adding[:T] (the adding problem, T=100), copy[:T] (the "
+                            "copy task, delay T=100) or text:PATH (characters of a text file) (default: digits)")
+    p.add_argument("--seq-len", type=positive_int, default=None, metavar="N",
+                   help="text:PATH: characters per training window (default: "
+                   + ("the model's" if for_model else f"{DEFAULT_SEQ_LEN}") + ")")
     p.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST files (or set BACKPROP_DATA)")
     p.add_argument("--label-column", help="CSV label column: a name or a 0-based index (default: "
                    + ("the one the model was trained with, else " if for_model else "") + "'label' or last)")
@@ -110,7 +117,12 @@ def data_options(p: argparse.ArgumentParser, *, for_model: bool = False) -> None
 
 def is_csv(spec: str) -> bool:
     """Whether the --dataset value names a CSV file (``csv:PATH`` or a path ending in .csv)."""
-    return spec.startswith("csv:") or spec.lower().endswith(".csv")
+    return spec.startswith("csv:") or spec.lower().endswith(".csv") and not is_text(spec)
+
+
+def is_text(spec: str) -> bool:
+    """Whether the --dataset value names a text file for a character model (``text:PATH``)."""
+    return spec.lower().startswith("text:")
 
 
 def csv_task(args: argparse.Namespace) -> str:
@@ -131,10 +143,15 @@ def load_data(args: argparse.Namespace, **csv_kw: Any) -> Any:
     """The data set the options name (a :class:`backprop.data.datasets.Dataset`).
 
     ``csv_kw``: more keywords for :func:`backprop.data.load_csv` (``test_size``, ``classes``, ``task``...)
-    when the data set is a CSV file. Options that apply to CSV files only are refused for the others.
+    when the data set is a CSV file (for a text, :func:`backprop.data.load_text`'s ``vocabulary``). Options that apply to CSV files only are refused for the others.
     """
     kw: dict[str, Any] = {}
     csv = is_csv(args.dataset)
+    if is_text(args.dataset):
+        kw["seq_len"] = getattr(args, "seq_len", None) or DEFAULT_SEQ_LEN
+        kw.update(csv_kw)  # NOTE: a model's vocabulary, when evaluate reads a text
+    elif getattr(args, "seq_len", None) is not None:
+        raise CLIError("--seq-len only applies to --dataset text:PATH")
     task = getattr(args, "task", "auto")
     if not csv:
         for flag, given in (("--label-column", args.label_column is not None),

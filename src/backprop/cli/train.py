@@ -2,6 +2,7 @@
 
     backprop train                                   # an MLP on the bundled 8x8 digits, no download needed
     backprop train --dataset mnist --hidden 800 --epochs 30 --lr 0.05
+    backprop train --model lstm --dataset adding:100   # sequences: seq-mnist, adding[:T], copy[:T], text:PATH
     backprop train --resume runs/<stamp>             # continue an interrupted run, bit-identically
 
 >>> import argparse
@@ -31,6 +32,7 @@ import numpy as np
 import backprop as bp
 from backprop import distributed
 from backprop import io as bio
+from backprop.cli import sequences as seq
 from backprop.cli import workers
 from backprop.cli.options import (
     EXIT_DIVERGED,
@@ -74,7 +76,14 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "batch_size": 16},
     "lenet5": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
     "cnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
+    # NOTE: the sequence models (see backprop.cli.sequences): Adam, and gradients clipped to a norm of 1, the
+    # usual guard against the exploding gradients of backpropagation through time
+    **{m: {"optimizer": "adam", "lr": 0.002, "momentum": 0.9, "batch_size": 64, "clip_norm": 1.0,
+           "hidden": seq.DEFAULT_HIDDEN[m]} for m in ("rnn", "lstm", "gru")},
+    "transformer": {"optimizer": "adam", "lr": 0.001, "momentum": 0.9, "batch_size": 64, "clip_norm": 1.0,
+                    "hidden": seq.DEFAULT_HIDDEN["transformer"]},
 }
+MLP_HIDDEN = [128, 64]
 
 
 def _defaults_of(option: str) -> str:
@@ -88,7 +97,9 @@ def resolve_defaults(args: argparse.Namespace) -> None:
     """Fill the options not given on the command line with the model's own defaults (``MODEL_DEFAULTS``)."""
     for option, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, option) is None:
-            setattr(args, option, value)
+            setattr(args, option, list(value) if isinstance(value, list) else value)
+    if args.hidden is None:
+        args.hidden = list(MLP_HIDDEN)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -99,7 +110,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "best weights kept), then evaluated once on the test split.",
                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     data_options(t)
-    t.add_argument("--hidden", type=layer_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    t.add_argument("--hidden", type=layer_sizes, default=None,
+                   help="hidden layer sizes of the mlp (default: 128,64); for rnn/lstm/gru the size of the hidden "
+                        "state, once per stacked layer (default: 128; 256,256: two layers), for transformer d_model "
+                        "once per layer (default: 64,64)"),
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
     t.add_argument("--loss", choices=CLI_LOSSES, default="cross_entropy",
                    help="cross_entropy (softmax output), nll, mse or quadratic (sigmoid outputs, Nielsen's cost)")
@@ -115,13 +129,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--validation-split", type=fraction, default=0.1,
                    help="hold out this fraction of the training set for validation, for early stopping and the "
                         "curves (default: 0.1; 0: none, and no early stopping)")
-    t.add_argument("--model", choices=("mlp", "lenet5", "cnn"), default="mlp",
-                   help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm); the last two need 28x28 images")
+    t.add_argument("--model", choices=("mlp", "lenet5", "cnn", *seq.SEQUENCE_MODELS), default="mlp",
+                   help="mlp (--hidden), lenet5 or cnn (a small CNN with batch norm; these two need 28x28 images); "
+                        "for the sequence sets rnn (tanh), lstm, gru or transformer, which read a class or a number "
+                        "from the whole sequence (seq-mnist, adding), a class at every step (copy) or, on text, "
+                        "are character language models (see 'backprop generate')"),
     t.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (AdamW: decoupled)")
     t.add_argument("--dropout", type=fraction, default=None,
                    help="dropout probability after hidden layers (default: 0 for mlp/lenet5, 0.25 for cnn)")
     t.add_argument("--label-smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (default: 0)")
-    t.add_argument("--clip-norm", type=positive_float, default=None, help="clip the global gradient norm to this")
+    t.add_argument("--clip-norm", type=positive_float, default=None,
+                   help="clip the global gradient norm to this (default: none; 1.0 for the sequence models)")
     t.add_argument("--scheduler", choices=SCHEDULERS, default="none",
                    help="learning-rate schedule: step (x0.1 at 1/3 and 2/3 of the epochs), cosine, exponential "
                         "(x0.95 per epoch), onecycle (per iteration, peak --lr), plateau (x0.1 after 3 flat epochs)")
@@ -260,6 +278,8 @@ def _check_options(args: argparse.Namespace, world: int) -> None:
 
 def _describe(model: Any, args: argparse.Namespace, n_features: int, n_classes: int) -> str:
     """The network in one line: its layer sizes (an MLP) or name, activation and parameter count."""
+    if seq.is_sequence_model(args):
+        return seq.describe(model, args)
     n = sum(p.data.size for p in model.parameters())
     shape = "-".join(map(str, [n_features, *args.hidden, n_classes])) if args.model == "mlp" else args.model
     return f"{shape} ({args.activation}), {n:,} parameters"
@@ -276,7 +296,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_defaults(args)
     _check_options(args, world)
     ds = load_data(args)  # NOTE: before launching ranks too, so that bad data is reported once
-    if getattr(ds, "task", "classification") == "regression":
+    seq.check(args, ds)
+    if getattr(ds, "task", "classification") == "regression" and not seq.is_sequence_model(args):
         if args.model != "mlp":
             raise CLIError(f"--model {args.model} classifies images; a regression target needs --model mlp")
         if args.label_smoothing:
@@ -299,7 +320,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     bp.manual_seed(args.seed)
     n_features, n_classes = int(np.prod(ds.x_train.shape[1:])), len(ds.classes)
     regression = getattr(ds, "task", "classification") == "regression"
-    model = build_model(args, n_features, 1 if regression else n_classes, regression)
+    model = seq.build(args, ds, 1 if regression else n_classes) if seq.is_sequence_model(args) else \
+        build_model(args, n_features, 1 if regression else n_classes, regression)
     standardize = args.standardize if args.standardize is not None else is_csv(args.dataset)
     if standardize:  # NOTE: a layer of the model, so the saved file applies it in evaluate, predict and ONNX
         model = bp.nn.Sequential(bp.nn.Normalization(n_features).adapt(ds.x_train), *model)
@@ -310,7 +332,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         y_test = ds.y_test[:, None].astype(np.float32)
         unscale = bp.nn.Normalization(1, mean=scale.mean, variance=scale.var, invert=True)
     opt = build_optimizer(args, list(model.parameters()))
-    validation_split = args.validation_split
+    validation_split, validation_data = args.validation_split, None
+    if getattr(ds, "kind", None) == "text":  # NOTE: a text's validation data is its last 10%, not a random split
+        validation_split, validation_data = 0.0, (ds.x_test, ds.y_test)
     steps = int(np.ceil(len(ds.x_train) * (1 - validation_split) / args.batch_size))
     scheduler, interval = build_scheduler(args, opt, steps)
     loss: Any = args.loss
@@ -328,14 +352,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.tensorboard is not None and root:
         callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
     if not args.quiet:
-        print(f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
+        print(f"backprop: training on {seq.data_line(ds)}" if seq.is_sequence_model(args) else
+              f"backprop: training on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test samples, "
               f"{n_features} features, {n_classes} classes")
         print(f"network: {_describe(model, args, n_features, n_classes)}")
         extras = [f"momentum={args.momentum}"] if args.optimizer in ("sgd", "rmsprop") else []
         extras += [f"weight_decay={args.weight_decay}"] if args.weight_decay else []
         extras += [f"{args.scheduler} schedule"] if args.scheduler != "none" else []
         extras += [f"{args.warmup} warm-up epochs"] if args.warmup else []
-        held = f", {validation_split:.0%} held out for validation" if validation_split else ""
+        extras += [f"gradient norm clipped to {args.clip_norm}"] if args.clip_norm else []
+        held = f", {validation_split:.0%} held out for validation" if validation_split else \
+            ", the last 10% of the text for validation" if validation_data is not None else ""
         stop_rule = f", early stopping after {args.early_stopping} epochs without progress" \
             if args.early_stopping else ""
         print(f"{args.optimizer} lr={args.lr}{' ' if extras else ''}{' '.join(extras)}, batch size {args.batch_size}: "
@@ -362,7 +389,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with stop.installed(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             history = bp.fit(model, ds.x_train, y_train, loss=loss, optimizer=opt, batch_size=args.batch_size,
-                             epochs=args.epochs, validation_split=validation_split, seed=args.seed,
+                             epochs=args.epochs, validation_split=validation_split,
+                             validation_data=validation_data, seed=args.seed,
                              metrics=() if regression else ("accuracy",), callbacks=callbacks,
                              clip_norm=args.clip_norm, verbose=0 if args.quiet else 1, checkpoint=checkpoint,
                              resume_from=resume, distributed=world > 1,
@@ -373,7 +401,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not root:
         return 0
     if unscale is not None:
-        model = bp.nn.Sequential(*model, unscale)
+        model = bp.nn.Sequential(*(model if isinstance(model, bp.nn.Sequential) else [model]), unscale)
     final = {}
     if len(ds.x_test) and diverged is None and stop.signum is None:  # the test split, once, at the end
         final = bp.evaluate(model, ds.x_test, y_test, loss=args.loss, metrics=() if regression else ("accuracy",))
@@ -382,7 +410,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "task": "regression" if regression else "classification", "standardized": bool(standardize),
             "class_names": list(ds.class_names), "n_features": n_features, "loss": args.loss,
             "test": final, "epochs": history.epochs, "iterations": history.iterations,
-            "seconds": round(seconds, 2), "args": saved_args}
+            "seconds": round(seconds, 2), "args": saved_args,
+            **(ds.metadata() if seq.is_sequence_model(args) else {})}
     model_path = out_dir / "model.safetensors"
     bio.save(model, model_path, metadata=meta)
     written = [model_path]
@@ -398,7 +427,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(out_dir)
     else:
         if final:
-            score = f"test mse {final['loss']:.6g} - test rmse {final['loss'] ** 0.5:.6g}" if regression else \
+            score = seq.final_line(ds, final) if seq.is_sequence_model(args) else \
+                f"test mse {final['loss']:.6g} - test rmse {final['loss'] ** 0.5:.6g}" if regression else \
                 f"test loss {final['loss']:.4f} - test accuracy {final['accuracy']:.4f}"
             print(f"{score} ({history.epochs} epochs, {history.iterations} iterations, {seconds:.1f}s)")
         print("wrote " + ", ".join(map(str, written[:-1])) + (" and " if len(written) > 1 else "") + str(written[-1]))

@@ -244,24 +244,30 @@ def _windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def text_dataset(text: str, seq_len: int = DEFAULT_SEQ_LEN, name: str = "text",
-                 validation_fraction: float = VALIDATION_FRACTION) -> SequenceDataset:
+                 validation_fraction: float = VALIDATION_FRACTION, vocabulary: str | None = None) -> SequenceDataset:
     """A character-level language model's data from ``text``: the first ``1 - validation_fraction`` of its
     characters for training, the rest held out as the test split; windows of ``seq_len`` characters.
 
-    The vocabulary is the sorted set of the training part's characters. Held-out characters outside it (none
-    in tiny Shakespeare) are left out of the held-out text, with a warning saying how many.
+    The vocabulary is the sorted set of the training part's characters, or ``vocabulary`` (a trained model's,
+    to evaluate it on another text). Held-out characters outside it (none in tiny Shakespeare) are left out
+    of the held-out text, with a warning saying how many; training characters outside a given vocabulary too.
     """
     seq_len = _check_count("seq_len", seq_len, 1)
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
     cut = int(len(text) * (1 - validation_fraction))
     train, held = text[:cut], text[cut:]
-    vocabulary = "".join(sorted(set(train)))
+    if vocabulary is None:
+        vocabulary = "".join(sorted(set(train)))
     known = set(vocabulary)
+    if len(known) != len(vocabulary) or not vocabulary:
+        raise ValueError(f"{name}: the vocabulary must be distinct characters, got {vocabulary!r}")
+    if any(c not in known for c in train):
+        train = "".join(c for c in train if c in known)
     unseen = sum(1 for c in held if c not in known)
     if unseen:
-        warnings.warn(f"{name}: {unseen} character{'s' if unseen > 1 else ''} of the held-out part never occur in "
-                      "the training part: left out of the held-out text", UserWarning, stacklevel=2)
+        warnings.warn(f"{name}: {unseen} held-out character{'s' if unseen > 1 else ''} not in the training part's "
+                      "vocabulary: left out of the held-out text", UserWarning, stacklevel=2)
         held = "".join(c for c in held if c in known)
     if len(train) <= seq_len or len(held) <= seq_len:  # NOTE: a window needs the character after it too
         need = math.ceil((seq_len + 1) / min(1 - validation_fraction, validation_fraction))
@@ -274,7 +280,8 @@ def text_dataset(text: str, seq_len: int = DEFAULT_SEQ_LEN, name: str = "text",
                            class_names=tuple(vocabulary), kind="text", vocabulary=vocabulary)
 
 
-def load_text(path: str | os.PathLike[str], data_dir: Any = None, *, seq_len: int = DEFAULT_SEQ_LEN) -> SequenceDataset:
+def load_text(path: str | os.PathLike[str], data_dir: Any = None, *, seq_len: int = DEFAULT_SEQ_LEN,
+              vocabulary: str | None = None) -> SequenceDataset:
     """:func:`text_dataset` of a UTF-8 text file (``load_dataset("text:PATH", seq_len=...)``)."""
     if path is None or not str(path).strip():
         raise ValueError("dataset 'text:' needs a path, e.g. 'text:input.txt'")
@@ -285,7 +292,7 @@ def load_text(path: str | os.PathLike[str], data_dir: Any = None, *, seq_len: in
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not a UTF-8 text file (byte {e.start}: {e.reason})") from None
-    return text_dataset(text, seq_len, name=f"text:{path}")
+    return text_dataset(text, seq_len, name=f"text:{path}", vocabulary=vocabulary)
 
 
 register_dataset("seq-mnist", load_sequence_mnist)

@@ -69,7 +69,8 @@ __all__ = [
     "ReLU", "RecurrentLM", "RecurrentNet",
     "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
     "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
-    "TransformerEncoder", "TransformerEncoderLayer", "TransformerLM", "TransformerNet", "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
+    "TransformerEncoder", "TransformerEncoderLayer", "TransformerLM", "TransformerNet", "Unflatten", "ZeroPad1d",
+    "ZeroPad2d", "ZeroPad3d",
     "functional", "generate_square_subsequent_mask", "init", "losses", "models", "sinusoidal_positional_encoding",
     "utils",
 ]
