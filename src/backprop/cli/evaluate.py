@@ -23,6 +23,10 @@ standardises the features here exactly as in training.
   matplotlib (``pip install "backprop[plot]"``): without it everything else is printed and one note on stderr
   says so; ``--no-plot`` skips the PNG.
 * **Regression** (a model saved with ``task: "regression"``) prints MSE, RMSE, MAE and R^2.
+* **Sequences**: a model trained on seq-mnist is reported as a classifier, on adding as a regression; on copy
+  the loss in nats per step beside the memoryless baseline, the accuracy per step and of whole sequences;
+  a character model on text (``--dataset text:PATH``, its last 10%, read with the model's vocabulary and
+  ``--seq-len``) the cross-entropy in nats per character, the perplexity and the accuracy.
 * ``predict --proba``: one CSV row of class probabilities per sample under a header of the class labels:
   softmax of the logits (cross_entropy), exp of the log-probabilities (nll), and for the sigmoid outputs of
   the squared-error losses (mse, quadratic) each row divided by its sum (scikit-learn's one-vs-rest rule);
@@ -51,8 +55,10 @@ import numpy as np
 
 import backprop as bp
 from backprop import io as bio
+from backprop.cli import sequences as seq
 from backprop.cli.options import CLIError, data_options, delimiter, is_csv, load_data, model_file
 from backprop.data.datasets import UnknownLabel, _is_number
+from backprop.data.sequences import copy_baseline
 from backprop.extras import MissingExtra
 from backprop.training import metrics as M
 from backprop.training.inputs import n_outputs
@@ -142,14 +148,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x, y, title = ds.x_train, ds.y_train, ds.name
         what = f"{ds.name}: {len(x)} samples (the whole file)"
     else:
-        if task == "regression":
+        kind = meta.get("sequence_kind")
+        if task == "regression" and kind != "regression":
             raise CLIError(f"{args.model} is a regression model (trained on a CSV file): give --dataset csv:PATH")
-        ds = load_data(args)
+        kw = {}
+        if kind == "text":  # NOTE: the model's characters and window length, whatever text it reads
+            kw["vocabulary"] = str(meta.get("vocabulary", ""))
+            if args.seq_len is None and isinstance(meta.get("seq_len"), int):
+                args.seq_len = meta["seq_len"]
+        if kind == "regression":
+            args.task = "auto"  # NOTE: the data set knows its targets are numbers (--task is for CSV files)
+        ds = load_data(args, **kw)
+        if kind is not None and getattr(ds, "kind", None) != kind:
+            raise CLIError(f"{args.model} was trained on {meta.get('dataset')}, a set of another kind than "
+                           f"{ds.name}")
         x, y, title = ds.x_test, ds.y_test, f"{ds.name} test split"
         what = f"{title}: {len(x)} samples"
+        if kind == "text":
+            what = f"{ds.name}: its last 10%, {y.size:,} characters in {len(y)} windows of {y.shape[1]}"
         if classes is not None:
             y = _to_model_classes(ds.classes, y, classes, ds.name)
-    _check_features(x, meta, ds.name)
+    if meta.get("sequence_kind") in ("steps", "text"):
+        _report_steps(model, x, y, meta["sequence_kind"], what)
+        return 0
+    if meta.get("sequence_kind") is None:  # NOTE: sequence models check their own input (steps, features)
+        _check_features(x, meta, ds.name)
     if task == "regression":
         _report_regression(model, x, y, what)
         return 0
@@ -233,6 +256,27 @@ def _report_classification(model: Any, x: np.ndarray, y: np.ndarray, names: list
     print(f"wrote {png}")
 
 
+def _report_steps(model: Any, x: np.ndarray, y: np.ndarray, kind: str, what: str) -> None:
+    """A class at every step: the copy task (loss per step, its baseline, accuracy per step and of whole
+    sequences) or a text (cross-entropy per character, perplexity, accuracy)."""
+    outputs = bp.predict(model, x)
+    if outputs.shape[:-1] != y.shape:
+        raise CLIError(f"the model gives outputs of shape {outputs.shape[1:]} per sequence for targets of shape "
+                       f"{y.shape[1:]}")
+    result = bp.evaluate(model, x, y)
+    if kind == "text":
+        print(what)
+        print(seq.perplexity_line(result["loss"]))
+        print(f"accuracy {result['accuracy']:.4f} (the most likely next character)")
+        return
+    delay = y.shape[1] - 20
+    whole = float(np.mean(np.all(outputs.argmax(axis=-1) == y, axis=1)))
+    print(f"{what}, a class at each of {y.shape[1]} steps")
+    print(f"loss {result['loss']:.4f} nats per step (the memoryless baseline: {copy_baseline(delay):.4f})")
+    print(f"accuracy per step {result['accuracy']:.4f} - of the copied symbols "
+          f"{float(np.mean(outputs[:, -10:].argmax(axis=-1) == y[:, -10:])):.4f} - whole sequences {whole:.4f}")
+
+
 def _report_regression(model: Any, x: np.ndarray, y: np.ndarray, what: str) -> None:
     outputs = bp.predict(model, x)
     if outputs.ndim != 2 or outputs.shape[1] != 1:
@@ -253,6 +297,9 @@ def _report_regression(model: Any, x: np.ndarray, y: np.ndarray, what: str) -> N
 # --------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     model, meta = _load_model(args.model)
+    if meta.get("sequence_kind") is not None:
+        raise CLIError(f"predict reads rows of features; {args.model} reads sequences: use 'backprop evaluate'"
+                       + (" or 'backprop generate'" if meta["sequence_kind"] == "text" else ""))
     task, classes = _task(meta), _classes(meta)
     loss = meta.get("loss", "cross_entropy")
     if args.proba:

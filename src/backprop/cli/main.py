@@ -4,13 +4,14 @@
     backprop train --dataset mnist --hidden 800 --epochs 30 --lr 0.05
     backprop evaluate runs/<stamp>/model.safetensors --dataset digits
     backprop predict runs/<stamp>/model.safetensors samples.csv
+    backprop generate runs/<stamp>/model.safetensors --prompt "ROMEO:"   # a character model's text
 
 Each subcommand lives in its own module (``train``, ``evaluate``, ``trace``, ``export``) with its
 ``add_parser`` and its command; this one assembles the parser and reports errors. Bad options and bad data
 print one line on stderr and exit with code 2 (``--debug`` shows the traceback).
 
 >>> sorted(COMMANDS)
-['evaluate', 'export', 'playground', 'predict', 'trace', 'train']
+['evaluate', 'export', 'generate', 'playground', 'predict', 'trace', 'train']
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from backprop import __version__
-from backprop.cli import evaluate, export, playground, trace, train
+from backprop.cli import evaluate, export, generate, playground, trace, train
 from backprop.cli.options import EXIT_USAGE, CLIError
 from backprop.extras import MissingExtra
 
 COMMANDS = {"train": train.cmd_train, "evaluate": evaluate.cmd_evaluate, "predict": evaluate.cmd_predict,
-            "trace": trace.cmd_trace, "export": export.cmd_export, "playground": playground.cmd_playground}
+            "trace": trace.cmd_trace, "export": export.cmd_export, "playground": playground.cmd_playground,
+            "generate": generate.cmd_generate}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_parser(sub)
     export.add_parser(sub)
     playground.add_parser(sub)
+    generate.add_parser(sub)
     return parser
 
 
