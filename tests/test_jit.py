@@ -403,3 +403,42 @@ def test_nonfinite_gradient_stops_before_any_update():
         bp.fit(model, x, y, epochs=1, batch_size=8, verbose=0, step=NaNGradient)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_module_zero_grad_inside_a_captured_step_replays():
+    """A Module is callable but not a closure: ``model.zero_grad()`` in the step is recorded and replayed."""
+    x = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+    y = np.arange(5) % 3
+    losses = []
+    for jitted in (False, True):
+        bp.manual_seed(0)
+        model = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 3))
+        opt = bp.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(xb, yb, model=model, opt=opt):
+            model.zero_grad()
+            loss = F.cross_entropy(model(bp.Tensor(xb)), yb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = bp.jit(step, fallback="error") if jitted else step
+        losses.append([float(fn(x, y).data) for _ in range(4)])
+    assert losses[0] == losses[1]
+
+
+def test_an_optimizer_closure_runs_eagerly():
+    model = bp.nn.Linear(4, 3)
+    opt = bp.optim.SGD(model.parameters(), lr=0.1)
+    x = np.ones((2, 4), dtype=np.float32)
+
+    def step(xb):
+        def closure():
+            opt.zero_grad()
+            loss = model(bp.Tensor(xb)).sum()
+            loss.backward()
+            return loss
+        return opt.step(closure)
+
+    with pytest.raises(CaptureError, match="given a function"):
+        bp.jit(step, fallback="error")(x)

@@ -39,6 +39,8 @@ capture fail with a :class:`CaptureError` that says why, and the caller runs the
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -246,7 +248,7 @@ class Capture:
         for a in (*args, *kwargs.values()):
             if isinstance(a, Tensor) and self.slot.get(id(a)) in self.computed:
                 self._fail(f"{raw.__qualname__} is given a tensor computed in the step")
-            elif callable(a) and not isinstance(a, type):
+            elif inspect.isroutine(a) or isinstance(a, functools.partial):  # NOTE: not a callable object
                 self._fail(f"{raw.__qualname__} is given a function (a closure re-evaluates the step): run eagerly")
         self.code.append(("call", raw, args, kwargs))
         self._depth += 1
@@ -290,7 +292,8 @@ class Capture:
 
     def _output_slot(self, t: Any) -> int:
         if not isinstance(t, Tensor) or id(t) not in self.slot:
-            raise CaptureError(f"a captured segment must return tensors computed in it, got {type(t).__name__}")
+            raise CaptureError(self.problem or  # NOTE: the first reason found explains this one too
+                               f"a captured segment must return tensors computed in it, got {type(t).__name__}")
         return self.slot[id(t)]
 
     # ------------------------------------------------------------------------------------- the plan
