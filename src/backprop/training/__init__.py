@@ -21,6 +21,7 @@ from backprop.training.callbacks import (
 )
 from backprop.training.evaluate import evaluate, predict
 from backprop.training.fit import fit
+from backprop.training.health import HealthIssue, TrainingHealth, TrainingHealthWarning
 from backprop.training.history import History
 from backprop.training.jit import CapturedStep, jit
 from backprop.training.loop import (
@@ -42,9 +43,10 @@ from backprop.training.metrics import (
 )
 
 __all__ = [
-    "LOSSES", "Batch", "CSVLogger", "Callback", "CallbackList", "CapturedStep", "DivergenceGuard", "EarlyStopping", "History",
-    "LambdaCallback", "LearningRateScheduler", "Loop", "ModelCheckpoint", "ProgressBar", "Step", "StepResult",
-    "TensorBoard", "TerminateOnNaN", "TrainingDiverged", "accuracy", "batches", "classification_report",
-    "confusion_matrix", "evaluate", "fit", "get_loss", "jit", "plot_confusion_matrix", "precision_recall_f1", "predict",
-    "quadratic_loss", "register_loop_callback", "top_k_accuracy",
+    "Batch", "CSVLogger", "Callback", "CallbackList", "CapturedStep", "DivergenceGuard", "EarlyStopping",
+    "HealthIssue", "History", "LOSSES", "LambdaCallback", "LearningRateScheduler", "Loop", "ModelCheckpoint",
+    "ProgressBar", "Step", "StepResult", "TensorBoard", "TerminateOnNaN", "TrainingDiverged", "TrainingHealth",
+    "TrainingHealthWarning", "accuracy", "batches", "classification_report", "confusion_matrix", "evaluate", "fit",
+    "get_loss", "jit", "plot_confusion_matrix", "precision_recall_f1", "predict", "quadratic_loss",
+    "register_loop_callback", "top_k_accuracy",
 ]
