@@ -239,3 +239,21 @@ def test_a_run_folder_given_as_the_model_file_is_one_clear_line(tmp_path, comman
     line = one_error_line(proc)
     assert f"{out} is a folder, not a model file (did you mean {out / 'model.safetensors'}?)" in line
     assert "[Errno" not in line
+
+
+# ------------------------------------------------------------------ item 8: a run that does not learn
+def test_a_run_that_does_not_learn_says_so_in_one_line_with_the_option_to_change(tmp_path):
+    proc = run("train", "--lr", "1e-7", "--epochs", "2", "--early-stopping", "0", "--no-plot",
+               "--out", str(tmp_path / "run"))
+    lines = [ln for ln in proc.stderr.splitlines() if "training health" in ln]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("backprop: warning: training health (epoch 1): the loss has not moved")
+    assert "ln(10)" in lines[0] and "(--lr " in lines[0] and "lr=" not in lines[0]
+    healthy = run("train", "--epochs", "3", "--no-plot", "--out", str(tmp_path / "healthy"))
+    assert "training health" not in healthy.stderr
+
+
+def test_lenet5_and_cnn_default_to_a_learning_rate_that_trains():
+    from backprop.cli.train import MODEL_DEFAULTS
+
+    assert MODEL_DEFAULTS["lenet5"]["lr"] <= 0.02 and MODEL_DEFAULTS["cnn"]["lr"] <= 0.02

@@ -53,6 +53,7 @@ from backprop.nn import models
 from backprop.optim import lr_scheduler as S
 from backprop.training import callbacks as cb
 from backprop.training.callbacks import Callback
+from backprop.training.health import TrainingHealth
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 CLI_LOSSES = ("cross_entropy", "nll", "mse", "quadratic")
@@ -73,9 +74,7 @@ RUN_FILES = ("model.safetensors", CHECKPOINT_FILE, "metrics.csv", "training.png"
 #: The options each model trains well with, used where the command line gives none (checked on the data
 #: sets the models are for: the digits for mlp, MNIST for lenet5 and cnn; see README "Defaults that train").
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "batch_size": 16},
-    "lenet5": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
-    "cnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
+    **models.MODEL_DEFAULTS,  # mlp, lenet5, cnn: measured, and why, in backprop.nn.models
     # NOTE: the sequence models (see backprop.cli.sequences): Adam, and gradients clipped to a norm of 1, the
     # usual guard against the exploding gradients of backpropagation through time
     **{m: {"optimizer": "adam", "lr": 0.002, "momentum": 0.9, "batch_size": 64, "clip_norm": 1.0,
@@ -345,10 +344,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     callbacks: list[Any] = []
     if scheduler is not None:  # NOTE: a plateau schedule watches the validation loss when there is one
         callbacks.append(cb.LearningRateScheduler(scheduler, interval=interval,
-                                                  monitor="val_loss" if validation_split else "loss"))
+                                                  monitor="val_loss" if validation_split or validation_data
+                                                  is not None else "loss"))
     if args.early_stopping:
         callbacks.append(cb.EarlyStopping(monitor="val_loss", patience=args.early_stopping,
                                           restore_best_weights=True, verbose=0 if args.quiet else 1))
+    if root:  # NOTE: training that does not learn is said in one line, with this command's options to change
+        callbacks.append(TrainingHealth(n_classes=None if regression or n_classes < 2 else n_classes,
+                                        advice=HEALTH_ADVICE, print_fn=_health_line))
     if args.tensorboard is not None and root:
         callbacks.append(cb.TensorBoard(args.tensorboard or str(out_dir / "tensorboard")))
     if not args.quiet:
@@ -450,6 +453,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "written: nothing to resume", file=sys.stderr)
         return 128 + stop.signum
     return 0
+
+
+HEALTH_ADVICE = {"lr": "--lr {value}", "optimizer": "--optimizer {value}", "activation": "--activation {value}",
+                 "init": None}
+
+
+def _health_line(message: str) -> None:
+    print(f"backprop: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _warn_oversubscribed(ranks: int) -> None:
