@@ -123,6 +123,16 @@ def test_a_loss_that_falls_and_comes_back_to_chance_is_a_collapse():
     assert lines == []
 
 
+def test_a_loss_that_gives_back_most_of_what_it_learned_is_a_collapse_short_of_the_start():
+    """LeNet-5 at lr 0.05 on MNIST: the loss falls to 0.6, then climbs to 2.23 as ReLUs die (start 2.30)."""
+    noise = np.random.default_rng(0).normal(0, 0.01, 100)
+    lines, health = feed(np.r_[np.full(25, 2.30), np.full(50, 0.6), np.full(25, 2.23)] + noise, steps=100)
+    assert len(lines) == 1 and health.issues[0].kind == "collapsed"
+    assert "the loss fell to 0.6" in lines[0] and "came back to 2.2" in lines[0]
+    lines, _ = feed(np.r_[np.full(25, 2.30), np.full(50, 0.6), np.full(25, 0.9)] + noise, steps=100)
+    assert lines == []  # a little worse at the end of the epoch is noise, not a collapse
+
+
 def test_the_advice_speaks_the_callers_options(digits):
     bp.manual_seed(0)
     lines, _ = train(models.mlp(64, [128, 64], 10), digits, lr=1e-6, advice=CLI_ADVICE)

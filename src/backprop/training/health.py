@@ -310,16 +310,18 @@ class TrainingHealth(Callback):
         a, b = float(first.mean()), float(last.mean())
         # NOTE: the noise of the quieter window: a diverging start is noisy, a stuck network is not
         noise = 2 * math.sqrt(2 * min(float(first.var()), float(last.var())) / w)
-        if abs(b - a) > max(self.rtol * abs(a), noise):
-            if b < a:
-                self._start = None  # NOTE: it has learned: the copy of the first weights is no longer needed
-            return None, ""
         chance = self._chance is not None and abs(b - self._chance) <= 0.02 * self._chance
-        if self._lowest < a - max(0.2 * abs(a), 2 * noise):
+        fell = a - self._lowest > max(0.2 * abs(a), 2 * noise)
+        if fell and b - self._lowest > max(0.5 * (a - self._lowest), 2 * noise):
+            # NOTE: it learned, then gave back more than half of it: a collapse, even short of the start
             text = f"the loss fell to {self._lowest:.3f} and came back to {b:.3f}"
             if chance:
                 text += f" = ln({self._k}): the network now predicts chance"
             return "collapsed", text
+        if abs(b - a) > max(self.rtol * abs(a), noise):
+            if b < a:
+                self._start = None  # NOTE: it has learned: the copy of the first weights is no longer needed
+            return None, ""
         text = f"the loss has not moved from its starting value ({a:.3f} -> {b:.3f})"
         if chance:
             text += f", {self._chance:.3f} = ln({self._k}): the network predicts chance"
