@@ -80,6 +80,13 @@ def test_a_transformer_character_model(tmp_path, text_file):
     assert len(sample) == 1 + 30 + 1  # the default prompt: a newline
 
 
+def test_export_a_character_model_to_onnx(char_model, tmp_path):
+    pytest.importorskip("onnx")
+    path, _ = char_model
+    out = run("export", str(path), "--onnx", str(tmp_path / "lm.onnx")).stdout
+    assert "input 'input' (batch, 16) int64 character indices, output 'output' (batch, 16, " in out, out
+
+
 def test_adding_problem_is_a_regression(tmp_path):
     out = tmp_path / "add"
     stdout = run("train", "--model", "gru", "--dataset", "adding:6", "--hidden", "8", "--epochs", "1",
@@ -88,6 +95,9 @@ def test_adding_problem_is_a_regression(tmp_path):
     assert "predicting the mean: mse 0.16" in stdout
     evaluated = run("evaluate", str(out / "model.safetensors")).stdout
     assert "adding:6 test split: 10000 samples, regression" in evaluated and "r2 " in evaluated
+    pytest.importorskip("onnx")
+    exported = run("export", str(out / "model.safetensors"), "--onnx", str(tmp_path / "add.onnx")).stdout
+    assert "input 'input' (batch, 6, 2) float32, output 'output' (batch, 1)" in exported, exported
 
 
 def test_copy_task_is_a_class_per_step(tmp_path):

@@ -5,7 +5,8 @@
 
 The graph takes a float32 batch of shape (batch, n_features), the flattened samples ``backprop train`` saw
 (the model file's ``n_features``), and gives what the model gives in eval mode (logits, log-probabilities or
-sigmoid outputs, depending on its loss). Needs ``pip install "backprop[onnx]"`` (onnxruntime checks the
+sigmoid outputs, depending on its loss). A sequence model takes (batch, steps, features), a character model
+(batch, steps) int64 character indices, the steps those it was trained on. Needs ``pip install "backprop[onnx]"`` (onnxruntime checks the
 export against backprop on a random sample before the file is written). Errors: one line, exit code 2.
 """
 
@@ -55,12 +56,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     meta = bio.load_metadata(args.model) or {}
     n_features = _n_features(meta, args.model)
     dtype = model.dtype
-    example = np.random.default_rng(0).random((1, n_features)).astype(dtype)
+    rng = np.random.default_rng(0)
+    example = rng.random((1, n_features)).astype(dtype)
+    shape, kind, steps = f"(batch, {n_features}) {dtype}", meta.get("sequence_kind"), meta.get("seq_len")
+    if kind is not None and isinstance(steps, int) and steps > 0:  # NOTE: a sequence model (issue 14)
+        if kind == "text":
+            example = rng.integers(0, len(str(meta.get("vocabulary", ""))) or 1, (1, steps))
+            shape = f"(batch, {steps}) int64 character indices"
+        else:
+            example = rng.random((1, steps, n_features // steps)).astype(dtype)
+            shape = f"(batch, {steps}, {n_features // steps}) {dtype}"
     out_dir = os.path.dirname(os.path.abspath(args.onnx))
     if not os.path.isdir(out_dir):
         raise CLIError(f"cannot write {args.onnx}: folder {out_dir} does not exist")
     proto = bonnx.export(model, args.onnx, example, opset=args.opset)
     out_shape = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
-    print(f"wrote {args.onnx}: ONNX opset {args.opset}, input 'input' (batch, {n_features}) {dtype}, "
+    print(f"wrote {args.onnx}: ONNX opset {args.opset}, input 'input' {shape}, "
           f"output 'output' ({', '.join(map(str, out_shape))})")
     return 0
