@@ -98,7 +98,8 @@ def check_labels(model: Module, y: np.ndarray, loss: Any, name: str) -> np.ndarr
         return y
     n_out = n_outputs(model)
     dense = spec.targets != "labels"
-    steps = not dense and y.ndim >= 2 and y.dtype.kind in "iu"  # NOTE: a class per step of a sequence (N, T)
+    # NOTE: a class per step of a sequence (N, T); a single column (N, 1) is a mistaken label vector instead
+    steps = not dense and y.ndim >= 2 and y.dtype.kind in "iu" and y.shape[1] != 1
     if y.ndim == 2 and n_out is not None and y.shape[1] != n_out and not (dense and n_out == 1) and not steps:
         raise ValueError(f"{name}: y has shape {y.shape}: target rows need {n_out} columns, one per model "
                          f"output (or pass class labels of shape ({len(y)},))")
