@@ -170,8 +170,10 @@ def test_killed_rank_ends_the_job(tmp_path):
     assert r.returncode != 0
     pids = dict(re.findall(r"rank (\d+) pid (\d+)", r.stdout))
     text = r.stdout + r.stderr
-    # mpich (hydra) names the dead process by PID and signal, not by rank: map the PID back to rank 1
-    assert re.search(rf"PID {pids['1']}\b", text), text
+    # mpich (hydra) names the dead process by PID and signal, not by rank. NOTE: it names the first process it
+    # finds gone, usually rank 1; on a loaded machine its own SIGKILL of rank 0 can be seen first (seen once
+    # in CI), so either rank's PID is the job's report
+    assert any(re.search(rf"PID {pid}\b", text) for pid in pids.values()), text
     assert "signal 9" in text or "EXIT CODE: 9" in text, text
     assert "finished" not in r.stdout
 
