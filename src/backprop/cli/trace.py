@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 import numpy as np
 
 from backprop.cli import trace_rnn
 from backprop.cli.options import CLIError, int_in, layer_sizes, positive_float
+from backprop.cli.printing import Printer
 from backprop.viz.trace import FD_EPS, Net
 from backprop.viz.trace import backward as _backward
 from backprop.viz.trace import cost as _cost
@@ -43,7 +43,6 @@ ATOL, RTOL = 1e-7, 1e-5  # the check: |hand - other| <= ATOL + RTOL * |hand|
 MAX_PARAMETERS = 10_000  # finite differences cost two forward passes per parameter
 DETAIL_MAX_UNITS = 4  # write out every sum (z^l[j] = w*a + w*a + b) when no layer is wider than this
 ELEMENTWISE_MAX_PARAMETERS = 60  # list every weight's update when the network has at most this many parameters
-SHOW_MAX = 10  # matrices with more rows or columns than this are shown with "..."
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -116,64 +115,6 @@ def _derivative_text(name: str, l: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ formatting
-class Printer:
-    def __init__(self, precision: int) -> None:
-        self.p = precision
-        self.lines: list[str] = []
-        enc = getattr(sys.stdout, "encoding", None) or "ascii"
-        try:
-            "\u2299".encode(enc)
-            self.had = "\u2299"  # the Hadamard (elementwise) product, as the textbook writes it
-        except (UnicodeEncodeError, LookupError):
-            self.had = "(*)"
-
-    def num(self, v: float) -> str:
-        s = f"{float(v):.{self.p}f}"
-        if s.startswith("-") and float(s) == 0.0:
-            s = s[1:]
-        return s
-
-    def term(self, v: float) -> str:
-        """A number inside a product or sum: negative numbers in parentheses."""
-        s = self.num(v)
-        return f"({s})" if s.startswith("-") else s
-
-    def vec(self, v: np.ndarray) -> str:
-        v = np.asarray(v).reshape(-1)
-        idx = _pick(len(v))
-        return "(" + ", ".join("..." if i is None else self.num(v[i]) for i in idx) + ")"
-
-    def matrix(self, m: np.ndarray) -> list[str]:
-        m = np.atleast_2d(m)
-        rows, cols = _pick(m.shape[0]), _pick(m.shape[1])
-        cells = [["..." if i is None or j is None else self.num(m[i, j]) for j in cols] for i in rows]
-        width = max(len(c) for row in cells for c in row)
-        return ["[ " + "  ".join(c.rjust(width) for c in row) + " ]" for row in cells]
-
-    def say(self, text: str = "", indent: int = 0) -> None:
-        self.lines.append(" " * indent + text if text else "")
-
-    def show(self, name: str, value: np.ndarray, indent: int = 4, column: bool = True) -> None:
-        """``name = value``: a vector inline, a matrix on aligned lines. (units, 1) columns count as vectors."""
-        value = np.asarray(value)
-        if value.ndim == 2 and value.shape[1] == 1 and column:
-            value = value[:, 0]
-        if value.ndim <= 1:
-            self.say(f"{name} = {self.vec(value)}", indent)
-            return
-        lines = self.matrix(value)
-        prefix = f"{name} = "
-        self.say(prefix + lines[0], indent)
-        for line in lines[1:]:
-            self.say(" " * len(prefix) + line, indent)
-
-
-def _pick(n: int) -> list[int | None]:
-    if n <= SHOW_MAX:
-        return list(range(n))
-    return [0, 1, 2, 3, None, n - 4, n - 3, n - 2, n - 1]
-
-
 # ------------------------------------------------------------------------------------------- the options
 def _resolve(args: argparse.Namespace) -> tuple[list[int], int, np.ndarray | None, np.ndarray | None]:
     """Layer sizes and batch size from the options, checked for consistency; x and y as given (n, k) or None."""

@@ -34,13 +34,13 @@ import itertools
 import json
 import re
 import sys
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from backprop.cli.options import CLIError, int_in, positive_float
+from backprop.cli.printing import Printer
 from backprop.viz import trace_rnn as bptt
 from backprop.viz.trace_rnn import PARAMETERS, SHARED, BPTTStep, RNNWeights
 
@@ -52,8 +52,6 @@ MAX_EVALUATIONS = 1_000_000  # RNN steps run by the finite differences (about 5 
 DETAIL_MAX_UNITS = 4  # write out every sum when no layer is wider than this
 SUM_MAX_STEPS = 10  # write out dC/dW[j,k] = contribution_T + .. + contribution_1 for at most this many steps
 ELEMENTWISE_MAX_PARAMETERS = 60  # list every parameter's update up to this many
-WIDTH = 110  # prose is wrapped at this many columns; numbers and formulas are not
-SHOW_MAX = 10  # matrices with more rows or columns than this are shown with "..."
 STEP_TABLE_MAX = 40  # the Jacobian table shows every step up to this many, then the first and last ones
 
 
@@ -192,75 +190,6 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------ formatting
-class Printer:
-    """Numbers with a fixed number of decimals, vectors as (v0, v1), matrices as aligned [ rows ]."""
-
-    def __init__(self, precision: int) -> None:
-        self.p = precision
-        self.lines: list[str] = []
-        enc = getattr(sys.stdout, "encoding", None) or "ascii"
-        try:
-            "\u2299".encode(enc)
-            self.had = "\u2299"  # the Hadamard (elementwise) product, as the MLP trace writes it
-        except (UnicodeEncodeError, LookupError):
-            self.had = "(*)"
-
-    def num(self, v: float) -> str:
-        s = f"{float(v):.{self.p}f}"
-        if s.startswith("-") and float(s) == 0.0:
-            s = s[1:]
-        return s
-
-    def norm(self, v: float) -> str:
-        """A non-negative size that may span orders of magnitude (a vanishing norm): fixed point from 0.001 to
-        100000, else scientific with the same number of digits."""
-        v = float(v)
-        return self.num(v) if v == 0.0 or 1e-3 <= abs(v) < 1e5 else f"{v:.{self.p}e}"
-
-    def term(self, v: float) -> str:
-        """A number inside a product or sum: negative numbers in parentheses."""
-        s = self.num(v)
-        return f"({s})" if s.startswith("-") else s
-
-    def vec(self, v: np.ndarray) -> str:
-        v = np.asarray(v).reshape(-1)
-        return "(" + ", ".join("..." if i is None else self.num(v[i]) for i in _pick(len(v))) + ")"
-
-    def matrix(self, m: np.ndarray) -> list[str]:
-        m = np.atleast_2d(m)
-        rows, cols = _pick(m.shape[0]), _pick(m.shape[1])
-        cells = [["..." if i is None or j is None else self.num(m[i, j]) for j in cols] for i in rows]
-        width = max(len(c) for row in cells for c in row)
-        return ["[ " + "  ".join(c.rjust(width) for c in row) + " ]" for row in cells]
-
-    def say(self, text: str = "", indent: int = 0) -> None:
-        self.lines.append(" " * indent + text if text else "")
-
-    def para(self, text: str, indent: int = 0) -> None:
-        """Prose, wrapped at WIDTH columns; continuation lines indented two more spaces."""
-        self.lines += textwrap.wrap(text, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
-                                    break_long_words=False, break_on_hyphens=False)
-
-    def show(self, name: str, value: np.ndarray, indent: int = 4, note: str = "") -> None:
-        """``name = value``: a vector inline, a matrix on aligned lines (``note`` after the first line)."""
-        value = np.asarray(value)
-        tail = f"   {note}" if note else ""
-        if value.ndim <= 1:
-            self.say(f"{name} = {self.vec(value)}{tail}", indent)
-            return
-        lines = self.matrix(value)
-        prefix = f"{name} = "
-        self.say(prefix + lines[0] + tail, indent)
-        for line in lines[1:]:
-            self.say(" " * len(prefix) + line, indent)
-
-
-def _pick(n: int) -> list[int | None]:
-    if n <= SHOW_MAX:
-        return list(range(n))
-    return [0, 1, 2, 3, None, n - 4, n - 3, n - 2, n - 1]
-
-
 # ------------------------------------------------------------------------------------------- the options
 def _agree(what: str, claims: list[tuple[str, int | None]], default: int) -> int:
     """One size from the options that state it, which must agree; ``default`` when none does."""
@@ -332,7 +261,7 @@ def cmd_trace_rnn(args: argparse.Namespace) -> int:
     """Print one training step of the RNN; 0 when every check agrees, 1 when one does not."""
     w, x, y, origin = _resolve(args)
     s = bptt.unroll(w, x, y, args.loss)
-    P = Printer(args.precision)
+    P = Printer(args.precision, columns=False)
     T = s.steps
     detail = max(w.sizes) <= DETAIL_MAX_UNITS
     quadratic = args.loss == "quadratic"
