@@ -73,6 +73,16 @@ def _check_dropout(dropout: Any, owner: str) -> float:
     return float(dropout)
 
 
+def _encoder(d_model: int, nhead: int, dim_feedforward: int | None, num_layers: int, dropout: float,
+             dtype: Any) -> TransformerEncoder:
+    """The sequence models' encoder: ``num_layers`` pre-norm layers (batch first) and a final norm.
+    NOTE: pre-norm (norm_first) with a final norm trains without a learning-rate warm-up."""
+    dim_feedforward = 4 * d_model if dim_feedforward is None else dim_feedforward
+    layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=dropout, batch_first=True,
+                                    norm_first=True, dtype=dtype)
+    return TransformerEncoder(layer, num_layers, norm=LayerNorm(d_model, dtype=dtype))
+
+
 def _last_step_onnx(g: OnnxGraph, y: str) -> str:
     """(N, T, H) -> (N, H): the last step (Gather of index [-1] on axis 1, then Squeeze of that axis).
 
@@ -172,14 +182,10 @@ class TransformerNet(Module):
                  every_step: bool = False, dtype: Any = DEFAULT_DTYPE) -> None:
         self.dropout = _check_dropout(dropout, "TransformerNet")
         self.every_step = bool(every_step)
-        dim_feedforward = 4 * d_model if dim_feedforward is None else dim_feedforward
         self.project = Linear(input_size, d_model, dtype=dtype)
         self.position = PositionalEncoding(d_model, max_len=max_len, dropout=self.dropout, batch_first=True,
                                            dtype=dtype)
-        # NOTE: pre-norm (norm_first) with a final norm: it trains without a learning-rate warm-up
-        layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=self.dropout, batch_first=True,
-                                        norm_first=True, dtype=dtype)
-        self.encoder = TransformerEncoder(layer, num_layers, norm=LayerNorm(d_model, dtype=dtype))
+        self.encoder = _encoder(d_model, nhead, dim_feedforward, num_layers, self.dropout, dtype)
         self.head = Linear(d_model, out_features, dtype=dtype)
 
     input_size = property(lambda self: self.project.in_features)
@@ -283,13 +289,10 @@ class TransformerLM(Module):
     def __init__(self, vocab_size: int, d_model: int, nhead: int, num_layers: int, dim_feedforward: int | None = None,
                  dropout: float = 0.1, max_len: int = 256, dtype: Any = DEFAULT_DTYPE) -> None:
         self.dropout = _check_dropout(dropout, "TransformerLM")
-        dim_feedforward = 4 * d_model if dim_feedforward is None else dim_feedforward
         self.embedding = Embedding(vocab_size, d_model, dtype=dtype)
         self.position = PositionalEncoding(d_model, max_len=max_len, dropout=self.dropout, batch_first=True,
                                            dtype=dtype)
-        layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=self.dropout, batch_first=True,
-                                        norm_first=True, dtype=dtype)
-        self.encoder = TransformerEncoder(layer, num_layers, norm=LayerNorm(d_model, dtype=dtype))
+        self.encoder = _encoder(d_model, nhead, dim_feedforward, num_layers, self.dropout, dtype)
         self.head = Linear(d_model, vocab_size, dtype=dtype)
 
     vocab_size = property(lambda self: self.embedding.num_embeddings)
