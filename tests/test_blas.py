@@ -55,3 +55,17 @@ def test_gemm_update_equals_the_update_it_folds():
         ref = w - 0.1 * (g.T @ x)
         blas.gemm_update(w, g, x, -0.1)
         np.testing.assert_allclose(w, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        g.flags.writeable = x.flags.writeable = False  # NOTE: read-only factors (a memory-mapped batch) are read
+        ref = w - 0.1 * (g.T @ x)
+        blas.gemm_update(w, g, x, -0.1)
+        np.testing.assert_allclose(w, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_address_of_writable_read_only_and_empty_arrays():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert blas._address(a) == a.__array_interface__["data"][0]
+    assert blas._address(a[1:]) == a.__array_interface__["data"][0] + 16
+    a.flags.writeable = False
+    assert blas._address(a) == a.__array_interface__["data"][0]
+    empty = np.empty((0, 4), np.float32)
+    assert blas._address(empty) == empty.__array_interface__["data"][0]

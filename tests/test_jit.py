@@ -246,6 +246,42 @@ def test_plain_sgd_is_folded_and_close():
     np.testing.assert_allclose(models[1][0].weight.grad, models[0][0].weight.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_fit_skips_the_optimizer_step_when_every_update_is_folded():
+    """Every Linear large enough to fold: the whole update is made in the backward, ``optimizer.step()`` is not
+    called (it has nothing left to do), and the weights equal the eager run's within float32 rounding."""
+    x, y = _data(48)
+    runs = []
+    for jit in (False, True):
+        bp.manual_seed(0)
+        model = bp.nn.Sequential(bp.nn.Linear(12, 400), bp.nn.ReLU(), bp.nn.Linear(400, 12))
+        opt = bp.optim.SGD(model.parameters(), lr=0.1)
+        calls = []
+        step = opt.step
+        opt.step = lambda *a, step=step, calls=calls, **k: (calls.append(1), step(*a, **k))[1]
+        h = bp.fit(model, x, y, optimizer=opt, epochs=2, batch_size=16, verbose=0, seed=1, jit=jit)
+        runs.append((model, h, len(calls)))
+    (eager, he, n_eager), (captured, hc, n_captured) = runs
+    assert n_eager == 6 and n_captured == 1  # NOTE: only the step that captured ran eagerly
+    for a, b in zip(eager.parameters(), captured.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(he.history["loss"], hc.history["loss"], rtol=1e-5)
+    assert all(type(raw_grad(p)) is LazyGrad for p in captured.parameters())
+
+
+def test_a_second_capture_of_the_same_step_reuses_its_compiled_code():
+    """The next ``fit`` on the same model captures again (a new optimizer) and generates the same source:
+    compiled once, and each plan is generated once however many times it is specialised."""
+    from backprop.engine import capture
+
+    x, y = _data(32)
+    model = _mlp()
+    bp.fit(model, x, y, epochs=1, batch_size=16, verbose=0)
+    before = capture._compiled.cache_info()
+    bp.fit(model, x, y, epochs=1, batch_size=16, verbose=0)
+    after = capture._compiled.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2  # forward and backward segments
+
+
 def test_partial_batch_and_train_eval_switch_recapture():
     x, y = _data(20)
     models = [_mlp(dropout=0.5, bn=True), _mlp(dropout=0.5, bn=True)]

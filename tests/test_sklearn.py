@@ -3,6 +3,7 @@
 import functools
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -556,8 +557,10 @@ def _sklearn_test_mlp_script():
     path = pathlib.Path(__file__).parent / "peers" / "sklearn_test_mlp.py"
     spec = importlib.util.spec_from_file_location("sklearn_test_mlp", path)
     module = importlib.util.module_from_spec(spec)
+    # NOTE: registered before it runs: its dataclasses (string annotations) look their module up in sys.modules
+    sys.modules.setdefault(spec.name, module)
     spec.loader.exec_module(module)
-    return module
+    return sys.modules[spec.name]
 
 
 @pytest.mark.slow

@@ -162,8 +162,16 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
 
 
 def _address(a: np.ndarray) -> int:
-    # NOTE: not a.ctypes.data: each .ctypes object leaves a small allocation behind (tracemalloc sees it grow)
-    return a.__array_interface__["data"][0]
+    """The address of an array's first element. NOTE: not a.ctypes.data: each .ctypes object leaves a small
+    allocation behind (tracemalloc sees it grow); ``c_char.from_buffer`` is a quarter of the cost of
+    ``__array_interface__`` (0.27 against 0.91 us here) but needs a writable array of at least one byte."""
+    try:
+        return _addressof(_c_char.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.__array_interface__["data"][0]
+
+
+_addressof, _c_char = ctypes.addressof, ctypes.c_char
 
 
 def gemm_update(w: np.ndarray, g: np.ndarray, x: np.ndarray, alpha: float) -> None:

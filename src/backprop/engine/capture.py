@@ -349,8 +349,7 @@ class Plan:
         self._hooks: dict[int, tuple[dict[int, Callable], Callable[[], None]]] = {}
         self._one_thread = False
         self._sources: list[str] = []
-        self._functions: list[Callable] = []
-        self._generate()
+        self._functions: list[Callable] | None = None  # NOTE: generated on first use, after any specialising
 
     def backward_instruction(self, segment: int) -> tuple | None:
         """The segment's backward instruction (``("backward", root, seed, nodes, retain)``), if it has one;
@@ -368,19 +367,24 @@ class Plan:
         """Run every segment with NumPy's BLAS on one thread (restored after): for a step made of small
         products, which two threads compute slower than one (they mostly wait for each other)."""
         self._one_thread = True
-        self._generate()
+        self._functions = None
 
     def specialise_backward(self, segment: int, hooks: dict[int, Callable], finish: Callable[[], None]) -> None:
         """From now on run the segment's backward with ``hooks`` (node index -> ``hook(saved, g)``, in place
         of a kernel op's ``kernel_backward``) and call ``finish()`` after the walk."""
         self._hooks[segment] = (hooks, finish)
-        self._generate()
+        self._functions = None
 
     def run(self, segment: int, *inputs: Any) -> list[np.ndarray]:
-        return self._functions[segment](self.values, inputs)
+        functions = self._functions
+        if functions is None:
+            functions = self._generate()
+        return functions[segment](self.values, inputs)
 
     def source(self, segment: int = 0) -> str:
         """The generated Python of one segment."""
+        if self._functions is None:
+            self._generate()
         return self._sources[segment]
 
     def __repr__(self) -> str:
@@ -391,7 +395,7 @@ class Plan:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------ code generation
-    def _generate(self) -> None:
+    def _generate(self) -> list[Callable]:
         bodies = [_SegmentSource(self, k, code, outs) for k, (code, outs) in enumerate(self.segments)]
         # which persistent names (values, saved state) each segment reads and writes: kept in between
         last_read: dict[str, int] = {}
@@ -405,6 +409,7 @@ class Plan:
             src, fn = b.finish(keep, done)
             self._sources.append(src)
             self._functions.append(fn)
+        return self._functions
 
 
 class _SegmentSource:
@@ -543,8 +548,16 @@ class _SegmentSource:
             self.ns["_set_threads"] = setter
             body = ["_n = _set_threads(1)", "try:", *("    " + b for b in body), "finally:", "    _set_threads(_n)"]
         src = "\n".join([f"def segment_{self.k}(V, inputs):", *("    " + b for b in body)])
-        exec(compile(src, f"<captured segment {self.k}>", "exec"), self.ns)  # noqa: S102 - our own generated code
+        exec(_compiled(src, self.k), self.ns)  # noqa: S102 - our own generated code
         return src, self.ns[f"segment_{self.k}"]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(src: str, k: int) -> Any:
+    """The code object of a segment's source. NOTE: cached: a step captured again (the next ``fit`` call on the
+    same model, the last partial batch of every epoch's shape) generates the same source, and compiling it
+    costs more than the rest of a capture's bookkeeping."""
+    return compile(src, f"<captured segment {k}>", "exec")
 
 
 def _has_kernels(cls: type[Function]) -> bool:

@@ -63,7 +63,7 @@ from backprop.engine.memory import tune_malloc
 from backprop.engine.tensor import Tensor
 from backprop.nn.conv import Conv1dFn, Conv2dFn
 from backprop.nn.functional import Linear
-from backprop.nn.module import LazyGrad, Module, Parameter
+from backprop.nn.module import LazyGrad, Module, Parameter, raw_grad
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 from backprop.training.loop import Batch, Step, _nonfinite_gradient
@@ -71,6 +71,7 @@ from backprop.training.loop import Batch, Step, _nonfinite_gradient
 __all__ = ["CapturedStep", "Jitted", "captured", "jit"]
 
 _EAGER = "eager"  # a guard under which capture failed: run eagerly
+_set_grad = Tensor.__dict__["grad"].__set__  # NOTE: the slot itself: a Parameter's .grad setter is a property
 
 
 def jit(fn: Callable | None = None, *, fallback: str = "warn") -> Any:
@@ -357,7 +358,8 @@ class CapturedStep:
     def apply_gradients(self, loss_value: float = math.nan) -> None:
         folded, self._folded = self._folded, None
         if folded is not None and folded.checked and type(self.step).apply_gradients is Step.apply_gradients:
-            self.optimizer.step()  # NOTE: no clipping (else nothing is folded) and the gradients were checked
+            if not folded.complete:  # NOTE: plain SGD skips what was updated already: nothing left, no call
+                self.optimizer.step()  # no clipping (else nothing is folded) and the gradients were checked
         else:
             self.step.apply_gradients(loss_value)
 
@@ -455,89 +457,122 @@ def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = Fals
         return (spec is not None and spec[0] == "leaf" and isinstance(spec[1], Parameter)
                 and uses[id(spec[1])] == 1 and id(spec[1]) in group_of)
 
-    update = _FoldedUpdate(group_of, optimizer, check_finite)
+    update = _FoldedUpdate(optimizer, check_finite)
     hooks = {}
     for k, (_, _, specs, cls, shapes) in enumerate(nodes):
         # NOTE: a batch of rows (not of sequences: the product would need the rows flattened first)
         if cls is Linear and len(shapes[0]) == 2 and math.prod(shapes[1]) >= FUSE_MIN_WEIGHTS and fusable(specs[1]) and (
                 len(specs) == 2 or specs[2] is None or fusable(specs[2])):
-            hooks[k] = _linear_hook(specs[1][1], specs[2][1] if len(specs) == 3 and specs[2] else None,
-                                    plan.op_instruction(nodes[k][0])[7], update.deferred)
+            w, bias = specs[1][1], specs[2][1] if len(specs) == 3 and specs[2] else None
+            layer = _FoldedLayer(w, bias, group_of[id(w)], None if bias is None else group_of[id(bias)])
+            hooks[k] = _linear_hook(layer, plan.op_instruction(nodes[k][0])[7], update.deferred)
     if not hooks:
         return None
     plan.specialise_backward(segment, hooks, update)
     return update
 
 
-def _linear_hook(w: Any, b: Any, needs: tuple[bool, ...], deferred: list) -> Any:
+class _FoldedLayer:
+    """A Linear layer whose plain-SGD update is folded: its weight and bias, and their parameter groups."""
+
+    __slots__ = ("w", "b", "group", "bgroup", "w_data", "w_address")
+
+    def __init__(self, w: Parameter, b: Parameter | None, group: dict[str, Any], bgroup: dict[str, Any] | None) -> None:
+        self.w, self.b, self.group, self.bgroup = w, b, group, bgroup
+
+    def plain(self) -> bool:
+        """The update is still plain SGD's and nothing else has put a gradient on these parameters."""
+        b = self.b
+        return (raw_grad(self.w) is None and _plain(self.group)
+                and (b is None or raw_grad(b) is None and _plain(self.bgroup)))
+
+
+def _linear_hook(layer: _FoldedLayer, needs: tuple[bool, ...], deferred: list) -> Any:
     """A Linear node's backward that leaves its weight's (and bias's) update for later: only the input
     gradient is formed now, by the op's own kernel."""
     only_input = (needs[0],) + (False,) * (len(needs) - 1)
+    backward = Linear.kernel_backward
 
     def hook(saved: tuple, g: np.ndarray) -> tuple:
-        deferred.append((w, b, saved[0], g))
-        return Linear.kernel_backward(saved, g, only_input)
+        deferred.append((layer, saved[0], g))
+        return backward(saved, g, only_input)
     return hook
 
 
-def _form(w: Any, b: Any, x: np.ndarray, g: np.ndarray) -> None:
+def _form(layer: _FoldedLayer, x: np.ndarray, g: np.ndarray) -> None:
     """The eager backward's gradients of a Linear layer's weight and bias."""
-    accumulate_grad(w, weight_grad(g, x), g)
-    if b is not None:
-        accumulate_grad(b, g.sum(axis=0), g)
+    accumulate_grad(layer.w, weight_grad(g, x), g)
+    if layer.b is not None:
+        accumulate_grad(layer.b, g.sum(axis=0), g)
 
 
 class _FoldedUpdate:
     """``finish()``: the updates the backward left for later, made once every gradient is known.
 
-    ``checked`` says that this step's gradients were all found finite (with ``check_finite``), so the
-    step's own check need not look again.
+    ``checked`` says that the step's own check need not look again (this step's gradients were all found
+    finite, or ``check_finite`` is off); ``complete`` that every parameter of the optimizer was updated
+    here, so its ``step()`` has nothing left to do.
     """
 
-    def __init__(self, group_of: dict[int, Any], optimizer: Any, check_finite: bool) -> None:
-        self.deferred: list[tuple[Any, Any, np.ndarray, np.ndarray]] = []
-        self.group_of, self.check_finite = group_of, check_finite
+    def __init__(self, optimizer: Any, check_finite: bool) -> None:
+        self.deferred: list[tuple[_FoldedLayer, np.ndarray, np.ndarray]] = []
+        self.check_finite = check_finite
         self.named = [("", p) for group in optimizer.param_groups for p in group["params"]]
-        self.checked = False
+        self.checked = self.complete = False
+        self._others: dict[tuple[int, ...], list[tuple[str, Any]]] = {}  # folded layers -> the other parameters
+
+    def _unfolded(self, items: list) -> list[tuple[str, Any]]:
+        """The optimizer's parameters this step's items do not update (their gradients are checked exactly)."""
+        key = tuple([id(layer) for layer, _, _ in items])
+        others = self._others.get(key)
+        if others is None:
+            folded = {id(t) for layer, _, _ in items for t in (layer.w, layer.b)}
+            others = self._others[key] = [(n, p) for n, p in self.named if id(p) not in folded]
+        return others
 
     def __call__(self) -> None:
-        items = list(self.deferred)
-        self.deferred.clear()
-        self.checked = self.check_finite and _safe(items, self.named)
-        if self.check_finite and not self.checked:  # the exact check decides, on formed gradients
+        items = self.deferred[:]
+        self.deferred.clear()  # NOTE: the same list: the hooks hold it (see _linear_hook)
+        others = self._unfolded(items)
+        self.checked = not self.check_finite or _safe(items, others)  # NOTE: True: nothing more to check
+        self.complete = False
+        if not self.checked:  # the exact check decides, on formed gradients
             for item in items:
                 _form(*item)
             return
-        group_of = self.group_of
-        for w, b, x, g in items:
-            group = group_of[id(w)]
-            bgroup = group if b is None else group_of[id(b)]
-            if w.grad is not None or not _plain(group) or (b is not None and (b.grad is not None
-                                                                           or not _plain(bgroup))):
-                _form(w, b, x, g)
+        complete = not others
+        for layer, x, g in items:
+            if not layer.plain():
+                _form(layer, x, g)
+                complete = False
                 continue
-            gemm_update(w.data, g, x, -float(group["lr"]))
-            w.grad = LazyGrad(functools.partial(weight_grad, g, x))
+            w, b = layer.w, layer.b
+            gemm_update(w.data, g, x, -float(layer.group["lr"]))
+            _set_grad(w, LazyGrad(functools.partial(weight_grad, g, x)))
             if b is not None:
                 gb = g.sum(axis=0)
                 data = b.data
-                data -= float(bgroup["lr"]) * gb  # NOTE: SGD's own arithmetic, to the bit
-                b.grad = LazyGrad(functools.partial(_same, gb))
+                data -= float(layer.bgroup["lr"]) * gb  # NOTE: SGD's own arithmetic, to the bit
+                _set_grad(b, LazyGrad(functools.partial(_same, gb)))
+        self.complete = complete
 
 
 def _same(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _safe(items: list, named: list[tuple[str, Any]]) -> bool:
-    """True when every gradient of this step is finite: the folded ones by their factors, the rest exactly.
+def _safe(items: list, others: list[tuple[str, Any]]) -> bool:
+    """True when every gradient of this step is finite: the folded ones by their factors, the others exactly.
 
     NOTE: one dot product per factor (a single BLAS pass): ``|a|^2 = a.a`` is finite only if every entry is
     (and not huge), and ``max|a| <= |a|``, so ``B * |g| * |x| < max`` bounds every entry of ``g.T @ x``.
     """
-    for _, _, x, g in items:
-        gf, xf = g.reshape(-1), x.reshape(-1)
-        gg, xx = float(np.dot(gf, gf)), float(np.dot(xf, xf))
-        if not (math.isfinite(gg) and math.isfinite(xx) and g.shape[0] * math.sqrt(gg * xx) < np.finfo(g.dtype).max):
+    for _, x, g in items:
+        gg, xx = float(np.vdot(g, g)), float(np.vdot(x, x))
+        largest = _LARGEST.get(g.dtype.char) or float(np.finfo(g.dtype).max)
+        if not g.shape[0] * math.sqrt(gg * xx) < largest:  # NOTE: False for inf and nan too
             return False
-    return _nonfinite_gradient(named) is None
+    return _nonfinite_gradient(others) is None
+
+
+_LARGEST = {c: float(np.finfo(c).max) for c in "efd"}  # the largest value of each float dtype
