@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.metadata
 import importlib.util
 import inspect
 import itertools
@@ -379,7 +380,9 @@ def library(impl: str, threads: int) -> str:
     if impl.startswith("backprop"):
         import backprop as bp
 
-        return f"backprop {bp.__version__} on {blas}"
+        # NOTE: with numba (the numba extra), bp.jit compiles the step of a small dense network (table 2)
+        numba = f", numba {importlib.metadata.version('numba')}" if bp.extras.available("numba") else ", no numba"
+        return f"backprop {bp.__version__} on {blas}{numba}"
     return blas
 
 

@@ -7,7 +7,7 @@ these tests pass whether or not the extras are installed.
 
 >>> from backprop.extras import EXTRAS
 >>> sorted(EXTRAS)
-['mpi', 'onnx', 'playground', 'plot', 'sklearn', 'tensorboard']
+['mpi', 'numba', 'onnx', 'playground', 'plot', 'sklearn', 'tensorboard']
 """
 
 from __future__ import annotations

@@ -22,6 +22,13 @@ from backprop.training.jit import CapturedStep
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
+@pytest.fixture(autouse=True)
+def _replayed_plans(monkeypatch):
+    """These tests are about the replayed plan: with numba installed, bp.jit runs a small dense network's
+    step as one compiled kernel instead (within rounding, not to the bit), tested in tests/test_fused.py."""
+    monkeypatch.setenv("BACKPROP_NUMBA", "0")
+
+
 CASES = [pytest.param(cls, case, id=f"{cls.__name__}-{case.label}") for cls, case in all_cases()]
 F = bp.nn.functional
 

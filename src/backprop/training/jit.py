@@ -66,6 +66,7 @@ from backprop.nn.functional import Linear
 from backprop.nn.module import LazyGrad, Module, Parameter, raw_grad
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
+from backprop.training.fused import fuse_dense_step
 from backprop.training.loop import Batch, Step, _nonfinite_gradient
 
 __all__ = ["CapturedStep", "Jitted", "captured", "jit"]
@@ -195,7 +196,9 @@ class Jitted:
         opt = _plain_sgd_step(plan)
         if opt is not None:
             fuse_sgd(plan, 0, opt)
-        self.plans.setdefault(key, []).append(_Captured(plan, calls.modules, structure))
+        # NOTE: a small dense network's whole step as one compiled kernel, where numba is installed
+        runner: Any = fuse_dense_step(plan) or plan
+        self.plans.setdefault(key, []).append(_Captured(runner, calls.modules, structure))
         return _detach(result[0])
 
 

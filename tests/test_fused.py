@@ -1,0 +1,169 @@
+"""backprop.training.fused: a small dense network's step as one numba kernel equals the eager step.
+
+Every test that runs the kernel needs numba (the ``numba`` extra) and is skipped without it; the tests that
+check when the kernel is *not* used run anyway.
+"""
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.training import fused
+from backprop.training.fused import FusedDenseStep
+
+F = bp.nn.functional
+needs_numba = pytest.mark.skipif(not bp.extras.available("numba"), reason="numba is not installed")
+
+
+def _net(bias=True, dtype=np.float32, sizes=(5, 7, 6, 4, 3), acts=("relu", "tanh", "sigmoid")):
+    """Linear layers with each activation in turn (the last layer without), seeded."""
+    bp.manual_seed(0)
+    kinds = {"relu": bp.nn.ReLU, "tanh": bp.nn.Tanh, "sigmoid": bp.nn.Sigmoid}
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(bp.nn.Linear(a, b, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(kinds[acts[i % len(acts)]]())
+    model = bp.nn.Sequential(*layers)
+    for p in model.parameters():
+        p.data = p.data.astype(dtype)
+    return model
+
+
+def _step(model, opt, returns="loss"):
+    def train_step(x, y):
+        opt.zero_grad()
+        out = model(bp.Tensor(x))
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+        return loss if returns == "loss" else (out, loss)
+    return train_step
+
+
+def _data(n, features=5, classes=3, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, features)).astype(dtype), rng.integers(0, classes, n)
+
+
+def _runner(jitted):
+    return next(e for entries in jitted.plans.values() for e in entries).plan
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n", [1, 6])
+def test_the_kernel_equals_the_eager_step(dtype, bias, n):
+    """Weights, gradients, losses and logits of four steps (lr changed after two), within rounding."""
+    models = [_net(bias, dtype), _net(bias, dtype)]
+    opts = [bp.optim.SGD(m.parameters(), lr=0.5) for m in models]
+    eager, jitted = _step(models[0], opts[0], "both"), bp.jit(_step(models[1], opts[1], "both"), fallback="error")
+    tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-13}
+    for k in range(4):
+        if k == 2:
+            opts[0].param_groups[0]["lr"] = opts[1].param_groups[0]["lr"] = 0.1
+        x, y = _data(n, dtype=dtype, seed=k)
+        (o0, l0), (o1, l1) = eager(x, y), jitted(x, y)
+        assert l1.dtype == dtype and l1.shape == () and o1.shape == (n, 3)
+        np.testing.assert_allclose(l1.data, l0.data, **tol)
+        np.testing.assert_allclose(o1.data, o0.data, **tol)
+        for p0, p1 in zip(models[0].parameters(), models[1].parameters()):
+            np.testing.assert_allclose(p1.data, p0.data, **tol)
+            np.testing.assert_allclose(p1.grad, p0.grad, **tol)
+            assert p1.data.dtype == dtype and p1.grad.dtype == dtype
+    assert isinstance(_runner(jitted), FusedDenseStep) and jitted.captures == 1
+
+
+@needs_numba
+def test_the_benchmarks_4_8_3_step_is_fused_and_learns():
+    model = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 3))
+    opt = bp.optim.SGD(model.parameters(), lr=0.1)
+    step = bp.jit(_step(model, opt))
+    x, y = _data(12, features=4)
+    losses = [float(step(x[i:i + 1], y[i:i + 1]).data) for _ in range(30) for i in range(12)]
+    assert isinstance(_runner(step), FusedDenseStep)
+    assert np.mean(losses[-12:]) < np.mean(losses[:12])
+    assert "def step(" in step.source()  # the generated kernel is what a learner reads
+
+
+@needs_numba
+def test_a_group_that_stops_being_plain_sgd_runs_the_plan():
+    """Momentum switched on after capture: the kernel steps aside and the replayed plan (the optimizer's own
+    momentum update) runs, bit-identical to the eager step."""
+    models = [_net(), _net()]
+    opts = [bp.optim.SGD(m.parameters(), lr=0.3) for m in models]
+    eager, jitted = _step(models[0], opts[0]), bp.jit(_step(models[1], opts[1]), fallback="error")
+    x, y = _data(4)
+    for k in range(3):
+        if k == 1:
+            opts[0].param_groups[0]["momentum"] = opts[1].param_groups[0]["momentum"] = 0.9
+            for a, b in zip(models[0].parameters(), models[1].parameters()):
+                b.data[...] = a.data  # NOTE: the same start, so the plan's steps compare to the bit
+        eager(x, y), jitted(x, y)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@needs_numba
+def test_a_target_out_of_range_gives_the_ops_error_and_changes_nothing():
+    model = _net()
+    opt = bp.optim.SGD(model.parameters(), lr=0.3)
+    step = bp.jit(_step(model, opt))
+    x, y = _data(4)
+    step(x, y)
+    step(x, y)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises((ValueError, IndexError)):
+        step(x, np.array([0, 1, 7, 2]))
+    for b, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(b, p.data)
+
+
+def test_not_fused_when_large_without_numba_or_turned_off(monkeypatch):
+    x, y = _data(64, features=40)
+    cases = {"large": (_net(sizes=(40, 256, 3)), {}), "off": (_net(sizes=(40, 8, 3)), {"BACKPROP_NUMBA": "0"})}
+    for name, (model, env) in cases.items():
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        step = bp.jit(_step(model, bp.optim.SGD(model.parameters(), lr=0.1)))
+        step(x, y)
+        step(x, y)
+        runner = _runner(step)
+        if name == "large" and isinstance(runner, FusedDenseStep):  # fused at capture, but never applies
+            assert not runner.applies(x, y)
+        else:
+            assert not isinstance(runner, FusedDenseStep)
+    monkeypatch.setenv("BACKPROP_NUMBA", "1")
+    monkeypatch.setattr(fused, "available", lambda name: False)
+    model = _net(sizes=(40, 8, 3))
+    step = bp.jit(_step(model, bp.optim.SGD(model.parameters(), lr=0.1)))
+    step(x, y)
+    assert not isinstance(_runner(step), FusedDenseStep)
+
+
+def test_steps_other_than_the_classic_one_are_not_matched():
+    """Adam, label smoothing, a dropout layer, a loss read with .item(): each keeps the replayed plan."""
+    x, y = _data(4)
+
+    def variants():
+        model = _net(sizes=(5, 6, 3))
+        yield bp.jit(_step(model, bp.optim.Adam(model.parameters(), lr=0.1)))
+        model = _net(sizes=(5, 6, 3))
+        opt = bp.optim.SGD(model.parameters(), lr=0.1)
+
+        def smoothed(xb, yb):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(bp.Tensor(xb)), yb, label_smoothing=0.1)
+            loss.backward()
+            opt.step()
+            return loss
+        yield bp.jit(smoothed)
+        bp.manual_seed(0)
+        model = bp.nn.Sequential(bp.nn.Linear(5, 6), bp.nn.Dropout(0.5), bp.nn.Linear(6, 3))
+        yield bp.jit(_step(model, bp.optim.SGD(model.parameters(), lr=0.1)))
+
+    for step in variants():
+        step(x, y)
+        step(x, y)
+        assert not isinstance(_runner(step), FusedDenseStep)
