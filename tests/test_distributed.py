@@ -107,10 +107,11 @@ def _rank0(tmp_path: Path, source: str, *args: str) -> tuple[Any, subprocess.Com
     return np.load(tmp_path / "rank0.npz"), r
 
 
-def _mpirun(tmp_path: Path, source: str, *args: str, n: int = 2, timeout: float = 60) -> subprocess.CompletedProcess:
+def _mpirun(tmp_path: Path, source: str, *args: str, n: int = 2, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(script), *args], check=False,
                           capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=tmp_path)
@@ -142,16 +143,25 @@ def test_two_ranks_match_single_process_fit(tmp_path, kind, dtype, n, b, opt, rt
 
 
 @pytest.mark.parametrize("dtype, opt", [("float64", "adam"), ("float32", "sgd")])
-def test_two_ranks_captured_step_equals_eager_step(tmp_path, dtype, opt):
-    """Under mpiexec -n 2 the captured step (each rank replays its forward and backward) is bit-identical."""
+@pytest.mark.parametrize("kernels", ["replayed plan", "numba kernels"])
+def test_two_ranks_captured_step_equals_eager_step(tmp_path, dtype, opt, kernels):
+    """Under mpiexec -n 2 the captured step (each rank replays its forward and backward) is bit-identical; a
+    dense network's step compiled by numba (backprop.training.fused) equals it within rounding."""
+    if kernels == "numba kernels" and not bp.extras.available("numba"):
+        pytest.skip("numba is not installed")
     runs = []
     for mode in ("jit", "eager"):
         out = tmp_path / f"{mode}.npz"
-        r = _mpirun(tmp_path, TRAIN, "mlp", dtype, "90", "16", opt, str(out), mode)
+        r = _mpirun(tmp_path, TRAIN, "mlp", dtype, "90", "16", opt, str(out), mode,
+                    env={"BACKPROP_NUMBA": "1" if kernels == "numba kernels" else "0"})
         assert r.returncode == 0, r.stdout + r.stderr
         runs.append(np.load(out))
     for k in runs[0].files:
-        np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
+        if kernels == "numba kernels":
+            np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-5 if dtype == "float32" else 1e-12,
+                                       atol=1e-7 if dtype == "float32" else 1e-15, err_msg=k)
+        else:
+            np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
 
 
 def test_exception_on_one_rank_aborts_the_job(tmp_path):

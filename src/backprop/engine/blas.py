@@ -51,6 +51,7 @@ class _OpenBLASThreads:
         self.get: Callable[[], int] | None = None
         self.set: Callable[[int], Any] | None = None
         self.gemm: dict[np.dtype, Any] = {}
+        self.symbols: dict[np.dtype, tuple[str, str]] = {}  # dtype -> (library path, cblas_?gemm's name)
         self.int_type: Any = ctypes.c_int
         self.small_kernels = False
         try:
@@ -74,9 +75,10 @@ class _OpenBLASThreads:
                             if fn is not None and dtype not in self.gemm:
                                 self.int_type = ctypes.c_int64 if "64" in suf else ctypes.c_int
                                 self.gemm[dtype] = self._declare(fn, dtype)
+                                self.symbols[dtype] = (lib.filepath, f"{pre}cblas_{name}{suf}")
         except Exception:  # noqa: BLE001 - any failure only means: leave threading to the BLAS
             self.get = self.set = None
-            self.gemm = {}
+            self.gemm, self.symbols = {}, {}
 
     def _declare(self, fn: Any, dtype: np.dtype) -> Any:
         i, real = self.int_type, (ctypes.c_float if dtype == np.float32 else ctypes.c_double)
@@ -103,6 +105,23 @@ def _set_threads(n: int) -> int:
     if old != n:
         t.set(n)
     return old
+
+
+def gemm_by_address(dtype: Any) -> Any:
+    """NumPy's OpenBLAS ``cblas_?gemm`` for ``dtype`` as a fresh ctypes function whose array arguments are
+    addresses (integers, ``arr.ctypes.data``): the form numba can call from compiled code. None where that
+    OpenBLAS cannot be found. Arguments: order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+    (CBLAS's; :data:`ROW_MAJOR`, :data:`NO_TRANS`, :data:`TRANS`)."""
+    t = _openblas()
+    found = t.symbols.get(np.dtype(dtype))
+    if found is None:
+        return None
+    fn = getattr(ctypes.CDLL(found[0]), found[1])
+    i, addr = t.int_type, ctypes.c_size_t  # NOTE: an address is passed as size_t (the same register as a pointer)
+    real = ctypes.c_float if np.dtype(dtype) == np.float32 else ctypes.c_double
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, real, addr, i, addr, i, real, addr, i]
+    fn.restype = None
+    return fn
 
 
 def set_blas_threads() -> Callable[[int], int] | None:
@@ -158,7 +177,7 @@ def input_grad(g: np.ndarray, w: np.ndarray) -> np.ndarray:
     return g @ w
 
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
+ROW_MAJOR, NO_TRANS, TRANS = _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
 
 
 def _address(a: np.ndarray) -> int:

@@ -1,30 +1,36 @@
-"""One compiled kernel for the whole training step of a small dense network (with numba, when installed).
+"""A dense network's training step as two compiled kernels (with numba, when installed).
 
-A captured step (:mod:`backprop.training.jit`) of a small network is all overhead: a 4-8-3 MLP at batch 1
-makes about fifty NumPy calls a step, each costing more than its arithmetic (~50 us a step, where JAX's
-compiled step takes ~18). When the ``numba`` extra is installed (``pip install "backprop[numba]"``),
-:func:`fuse_dense_step` recognises the plan of the classic step
+A captured step (:mod:`backprop.training.jit`) still calls NumPy a few dozen times a step, and each call
+costs a microsecond or more beside its arithmetic: ~50 us a step for a 4-8-3 MLP at batch 1 (JAX's
+compiled step: ~18), ~100 us of a 784-256-256-10 step at batch 10 besides its matrix products. When the
+``numba`` extra is installed (``pip install "backprop[numba]"``), :func:`fuse_dense_step` recognises the
+plan of the classic step, written by hand for ``bp.jit``
 
 .. code-block:: python
 
-    opt.zero_grad()                                   # an optim.SGD, plain (no momentum, weight decay, maximize)
+    opt.zero_grad()                                   # an optim.SGD
     loss = F.cross_entropy(model(bp.Tensor(x)), y)    # model: Linear, [ReLU | Tanh | Sigmoid], ..., Linear
     loss.backward()
     opt.step()
-    return loss                                       # or (loss, logits), in either order
+    return loss                                       # or (logits, loss), in either order
 
-and generates one numba function for it (forward, softmax cross-entropy, backward, the SGD update: plain
-loops over the few numbers there are), compiled once per architecture (~1 s, the first call). What is kept:
-every parameter's ``.grad`` holds its gradient after the step, the weights move by SGD's arithmetic with
-the learning rate read from the optimizer at every step, the returned loss (and logits) are arrays of the
-step's dtype. What differs: the sums run in another order than the BLAS products', so results equal the
-eager step's within float32 rounding, not to the bit (as a folded SGD update does,
-see :func:`~backprop.training.jit.fuse_sgd`).
+or made by ``fit`` (and the scikit-learn estimators) for such a model with ``loss="cross_entropy"``, and
+runs it as two numba functions generated for the architecture and compiled on first use (~1-2 s): the
+forward (every product one ``cblas_?gemm`` call into NumPy's own OpenBLAS, the bias and activation in the
+same loop that reads the product, the softmax cross-entropy) and the backward with the update (the
+gradient through each activation in the loop after its product; plain SGD's update of each weight folded
+into its weight-gradient product, ``W += -lr * g^T a`` with ``beta = 1``, as
+:func:`~backprop.training.jit.fuse_sgd` does).
 
-Only where it pays: batch x weights at most :data:`MAX_WORK` multiply-adds a pass (beyond that the BLAS
-products of the replayed plan are faster than loops), float32 or float64, class-index targets, the mean
-loss without label smoothing. Anything else, or a group that stops being plain SGD, runs the captured plan
-as before. ``BACKPROP_NUMBA=0`` in the environment turns it off.
+What is kept: the learning rate is read from the optimizer at every step; ``.grad`` of every parameter gives
+its gradient afterwards (a :class:`~backprop.nn.module.LazyGrad`, formed when read); ``fit``'s check that
+the gradients are finite runs before anything moves (on the factors of each product, as ``fuse_sgd``); a
+group that is not plain SGD (momentum, weight decay, maximize), ``fit`` with gradient clipping or data
+parallelism, leaves the update to the optimizer, with the gradients formed. What differs: sums run in
+another order than the replayed plan's (the products in other layouts, the loops vectorised), so results
+equal the eager step's within float32 rounding, not to the bit. Anything else (other layers, losses,
+weights, label smoothing, float16) runs the replayed plan. ``BACKPROP_NUMBA=0`` in the environment turns
+it off.
 
 >>> import numpy as np, backprop as bp
 >>> _ = bp.manual_seed(0)
@@ -45,168 +51,299 @@ True
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from backprop.engine.blas import (NO_TRANS, ROW_MAJOR, TRANS, _rows_per_call, gemm_by_address, set_blas_threads,
+                                  weight_grad)
 from backprop.engine.capture import Plan
 from backprop.engine.ops import ReLU, Sigmoid, Tanh
 from backprop.engine.tensor import Tensor
 from backprop.extras import available
 from backprop.nn.functional import Linear
 from backprop.nn.losses import CrossEntropy
-from backprop.nn.module import Parameter
+from backprop.nn.module import LazyGrad, Parameter
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 
-__all__ = ["MAX_WORK", "FusedDenseStep", "fuse_dense_step"]
-
-#: Batch size x weights (multiply-adds of one pass) up to which the loops of one kernel beat the replayed
-#: plan's BLAS products and NumPy calls. NOTE: measured here, one thread, us a step fused / replayed:
-#: 4-8-3 at batch 1 (56) 9.0 / 42.4; 2-16-16-2 at 32 (10k) 21.9 / 63.8; 12-352-3 at 8 (42k) 31.7 / 70.6;
-#: 64-64-10 at 32 (152k) 47.7 / 72.2; 784-32-10 at 10 (254k) 54.1 / 73.5; 64-128-10 at 64 (606k)
-#: 142 / 108; 100-100-100-10 at 32 (672k) 333 / 122.
-MAX_WORK = 1 << 18
+__all__ = ["FusedDenseStep", "dense_forward", "fuse_dense_step"]
 
 _ACTIVATIONS = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
 _ZERO_GRAD = Optimizer.__dict__["zero_grad"].__replayable__
 _SGD_STEP = SGD.__dict__["step"].__replayable__
 _set_grad = Tensor.__dict__["grad"].__set__  # NOTE: the slot itself: a Parameter's .grad setter is a property
-_kernels: dict[str, Any] = {}  # generated source -> compiled numba function (one per architecture)
+_kernels: dict[tuple[str, str], Any] = {}  # (generated source, dtype) -> compiled numba function
+UPDATED, FORMED, NONFINITE = 0, 1, 2  # what the backward kernel did
 
 
 def fuse_dense_step(plan: Plan) -> FusedDenseStep | None:
-    """The plan's step as one compiled kernel, or None when it is not the classic dense step (see the module
-    docstring), is too large to gain, or numba is not installed (or ``BACKPROP_NUMBA=0``)."""
+    """The plan's step as compiled kernels, or None when it is not a dense step (see the module docstring),
+    numba is not installed, NumPy's OpenBLAS cannot be called, or ``BACKPROP_NUMBA=0``."""
     if os.environ.get("BACKPROP_NUMBA", "1") == "0" or not available("numba"):
         return None
-    chain = _match(plan)
-    if chain is None:
+    found = _match_jitted(plan) if len(plan.segments) == 1 else _match_fit(plan)
+    if found is None:
         return None
-    return FusedDenseStep(plan, *chain)
+    step = FusedDenseStep(plan, *found)
+    return step if step.ok else None
 
 
-def _match(plan: Plan) -> tuple | None:
-    """(optimizer, zero_grad's args and kwargs, layers, x input, y input, output roles) or None."""
-    if len(plan.segments) != 1:
-        return None
-    code, outs = plan.segments[0]
-    inputs: dict[int, int] = {}
-    leaves: dict[int, Any] = {}
+# ------------------------------------------------------------------------------------------ recognising
+def dense_forward(code: Sequence[tuple]) -> bool:
+    """True when a recorded forward (``fit``'s segment 0) is the chain the kernels compute, and they can run
+    here: ``fit`` then records the backward at once (see :class:`~backprop.training.jit.CapturedStep`)."""
+    if os.environ.get("BACKPROP_NUMBA", "1") == "0" or not available("numba"):
+        return False
+    found = _chain(code, {}, {})
+    return found is not None and not found[5]
+
+
+def _chain(code: Sequence[tuple], inputs: dict[int, int], leaves: dict[int, Any]) -> tuple | None:
+    """The instructions ``code`` as (layers, x slot, y slot, logits slot, loss slot, rest): a chain of Linear
+    layers, each with an activation or none, from an input, ending in the mean cross-entropy of an input's
+    class indices; ``rest`` is what follows. Inputs and leaves met on the way are recorded."""
     layers: list[list[Any]] = []  # [weight, bias or None, activation name or None]
-    opt = zero = None
-    x_slot = y_slot = current = logits = loss = None
-    stage = "start"
-    for ins in code:
+    x_slot = current = logits = None
+    for n, ins in enumerate(code):
         kind = ins[0]
         if kind == "input":
             if ins[3]:
-                return None  # a Tensor passed in: run the plan
+                return None  # a Tensor passed in
             inputs[ins[1]] = ins[2]
-        elif kind == "leaf":
+            continue
+        if kind == "leaf":
             leaves[ins[1]] = ins[2]
-        elif kind == "call" and stage == "start":
-            fn, args, kwargs = ins[1], ins[2], ins[3]
-            if fn is not _ZERO_GRAD or len(args) != 1 or type(args[0]) is not SGD or not kwargs.get("set_to_none", True):
+            continue
+        if kind != "op":
+            return None
+        cls, srcs, static, dynamic, out = ins[1], ins[2], ins[3], ins[4], ins[5]
+        if cls is Linear and not static and not dynamic:
+            if current is None and srcs[0] in inputs:
+                x_slot = current = srcs[0]
+            if srcs[0] != current or any(s not in leaves for s in srcs[1:]) or len(ins[8][0]) != 2:
                 return None
-            opt, zero, stage = args[0], (args, kwargs), "forward"
-        elif kind == "op" and stage == "forward":
-            cls, srcs, static, dynamic, out = ins[1], ins[2], ins[3], ins[4], ins[5]
-            if cls is Linear and not static and not dynamic:
-                if current is None:
-                    if srcs[0] not in inputs:
-                        return None
-                    x_slot = current = srcs[0]
-                if srcs[0] != current or any(s not in leaves for s in srcs[1:]) or len(ins[8][0]) != 2:
-                    return None
-                layers.append([leaves[srcs[1]], leaves[srcs[2]] if len(srcs) == 3 else None, None])
-                current = logits = out
-            elif cls in _ACTIVATIONS and not static and not dynamic and layers and layers[-1][2] is None \
-                    and srcs == (current,) and current == logits:
-                layers[-1][2] = _ACTIVATIONS[cls]
-                current = out
-            elif cls is CrossEntropy and srcs == (current,) and current == logits and layers \
-                    and static == {"reduction": "mean", "label_smoothing": 0.0} and len(dynamic) == 1 \
-                    and dynamic[0][0] == "target" and dynamic[0][1][0] == "slot" and dynamic[0][1][1] in inputs:
-                y_slot, loss, stage = dynamic[0][1][1], out, "loss"
-            else:
-                return None
-        elif kind == "backward" and stage == "loss":
-            _, root, seed, nodes, retain = ins
-            if root != loss or seed[0] != "ones" or retain or len(nodes) != len(layers) + sum(
-                    a is not None for _, _, a in layers) + 1:
-                return None
-            stage = "backward"
-        elif kind == "call" and stage == "backward":
-            if ins[1] is not _SGD_STEP or ins[2] != (opt,) or ins[3]:
-                return None
-            stage = "done"
+            layers.append([leaves[srcs[1]], leaves[srcs[2]] if len(srcs) == 3 else None, None])
+            current = logits = out
+        elif cls in _ACTIVATIONS and not static and not dynamic and layers and layers[-1][2] is None \
+                and srcs == (current,) and current == logits:
+            layers[-1][2] = _ACTIVATIONS[cls]
+            current = out
+        elif cls is CrossEntropy and srcs == (current,) and current == logits and layers \
+                and static == {"reduction": "mean", "label_smoothing": 0.0} and len(dynamic) == 1 \
+                and dynamic[0][0] == "target" and dynamic[0][1][0] == "slot" and dynamic[0][1][1] in inputs:
+            return layers, x_slot, dynamic[0][1][1], logits, out, list(code[n + 1:])
         else:
             return None
-    if stage != "done" or not set(outs) <= {loss, logits}:
+    return None
+
+
+def _backward_of(ins: tuple, loss: int, layers: list) -> bool:
+    """True when ``ins`` is the backward from the loss through exactly the chain's ops."""
+    if ins[0] != "backward" or ins[1] != loss or ins[4]:
+        return False
+    return len(ins[3]) == len(layers) + sum(a is not None for _, _, a in layers) + 1
+
+
+def _match_jitted(plan: Plan) -> tuple | None:
+    """``bp.jit`` of the classic step: zero_grad, the chain, backward, step; returns the loss and/or logits."""
+    code, outs = plan.segments[0]
+    if len(code) < 4:
         return None
-    return opt, zero, layers, inputs[x_slot], inputs[y_slot], ["loss" if s == loss else "logits" for s in outs]
+    inputs: dict[int, int] = {}
+    leaves: dict[int, Any] = {}
+    head = 0
+    while head < len(code) and code[head][0] == "input":
+        inputs[code[head][1]] = code[head][2]
+        if code[head][3]:
+            return None
+        head += 1
+    ins = code[head]
+    if ins[0] != "call" or ins[1] is not _ZERO_GRAD or len(ins[2]) != 1 or type(ins[2][0]) is not SGD \
+            or not ins[3].get("set_to_none", True) or len(ins[2]) > 1:
+        return None
+    opt, zero = ins[2][0], (ins[2], ins[3])
+    found = _chain(code[head + 1:], inputs, leaves)
+    if found is None:
+        return None
+    layers, x_slot, y_slot, logits, loss, rest = found
+    if len(rest) != 2 or not _backward_of(rest[0], loss, layers) or rest[0][2][0] != "ones" \
+            or rest[1][0] != "call" or rest[1][1] is not _SGD_STEP or rest[1][2] != (opt,) or rest[1][3]:
+        return None
+    if not set(outs) <= {loss, logits}:
+        return None
+    roles = ["loss" if s == loss else "logits" for s in outs]
+    return opt, zero, layers, inputs[x_slot], inputs[y_slot], roles
 
 
+def _match_fit(plan: Plan) -> tuple | None:
+    """``fit``'s captured step: segment 0 the chain (inputs x, y; returns logits and loss), segment 1 the
+    backward seeded by its input."""
+    if len(plan.segments) != 2:
+        return None
+    (code0, outs0), (code1, outs1) = plan.segments
+    inputs: dict[int, int] = {}
+    found = _chain(code0, inputs, {})
+    if found is None:
+        return None
+    layers, x_slot, y_slot, logits, loss, rest = found
+    if rest or outs0 != [logits, loss] or outs1 or len(code1) != 2 or code1[0][0] != "input" \
+            or not _backward_of(code1[1], loss, layers) or code1[1][2][:2] != ("slot", code1[0][1]):
+        return None
+    return None, None, layers, inputs[x_slot], inputs[y_slot], ["logits", "loss"]
+
+
+# ------------------------------------------------------------------------------------------ the step
 class FusedDenseStep:
-    """The compiled step that replaces a plan: ``run(0, *inputs)`` as ``Plan.run`` (the plan's own
-    ``run`` where the kernel does not apply to these inputs or to the optimizer as it is now)."""
+    """Runs in place of a plan: ``run(segment, *inputs)`` as ``Plan.run`` (segment 0: the forward, or the
+    whole ``bp.jit`` step; segment 1: ``fit``'s backward and update). Where the kernels do not apply to these
+    inputs, the plan runs instead. After a backward, ``checked`` and ``complete`` tell ``fit``'s step what is
+    left to do (as :class:`~backprop.training.jit.fuse_sgd`'s update does)."""
 
-    def __init__(self, plan: Plan, opt: SGD, zero: tuple, layers: Sequence[Sequence[Any]], x_index: int,
-                 y_index: int, roles: list[str]) -> None:
-        self.plan, self.leaves, self.opt, self.zero = plan, plan.leaves, opt, zero
+    def __init__(self, plan: Plan, opt: SGD | None, zero: tuple | None, layers: Sequence[Sequence[Any]],
+                 x_index: int, y_index: int, roles: list[str]) -> None:
+        self.plan, self.leaves, self.zero, self.roles = plan, plan.leaves, zero, roles
         self.layers = [(w, b, act) for w, b, act in layers]
         self.params = [p for w, b, _ in self.layers for p in (w, b) if p is not None]
-        self.x_index, self.y_index, self.roles = x_index, y_index, roles
-        group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-        self.groups = [group_of.get(id(p)) for p in self.params]
+        self.x_index, self.y_index = x_index, y_index
         dtypes = {p.data.dtype for p in self.params}
-        weights = sum(w.data.size for w, _, _ in self.layers)
-        self.ok = (None not in self.groups and len({id(p) for p in self.params}) == len(self.params)
+        self.dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+        self.ok = (self.dtype in (np.dtype(np.float32), np.dtype(np.float64)) and self.layers[-1][2] is None
+                   and len({id(p) for p in self.params}) == len(self.params)
                    and all(isinstance(p, Parameter) and p.requires_grad for p in self.params)
-                   and len(dtypes) == 1 and dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}
-                   and self.layers[-1][2] is None)
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else None
-        self.weights = weights
+                   and gemm_by_address(self.dtype or np.float32) is not None)
         self.classes = self.layers[-1][0].data.shape[0]
-        self._source = _source([(b is not None, act) for _, b, act in self.layers])
-        self.kernel: Any = None
+        self.optimizer, self.groups = None, []
+        self.fold, self.check_finite, self._covers = True, False, False
+        self.checked = self.complete = False
+        self.fallback_update: Any = None  # the plan's own folded update (fuse_sgd), when the plan runs
+        self._saved: tuple | None = None  # the forward's arrays, for segment 1
+        self._chunk_cache: dict[int, np.ndarray] = {}
+        self._one_thread = plan._one_thread
+        self._threads = set_blas_threads()
+        self.source_text = _source([(b is not None, act) for _, b, act in self.layers])
+        self.forward_kernel = self.backward_kernel = None
+        if opt is not None:
+            self.bind(opt)
+
+    def bind(self, optimizer: Any, fold: bool = True, check_finite: bool = False) -> None:
+        """The optimizer whose plain-SGD update the backward may make (``fold``), and whether every gradient
+        must be found finite first (``check_finite``: else nothing moves and the gradients are formed)."""
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        self.optimizer, self.groups = optimizer, [group_of.get(id(p)) for p in self.params]
+        self.fold = fold and type(optimizer) is SGD and None not in self.groups
+        self.check_finite = check_finite
+        mine = {id(p) for p in self.params}
+        self._covers = all(id(p) in mine for g in optimizer.param_groups for p in g["params"])
 
     def source(self, segment: int = 0) -> str:
         """The generated numba source (what each call runs)."""
-        return self._source
+        return self.source_text
 
-    def applies(self, x: Any, y: Any) -> bool:
-        return (self.ok and type(x) is np.ndarray and x.ndim == 2 and x.dtype == self.dtype
-                and x.shape[0] * self.weights <= MAX_WORK and type(y) is np.ndarray and y.ndim == 1
-                and y.dtype.kind in "iu" and len(y) == len(x)
-                and all(g["lr"] is not None and not g["momentum"] and not g["weight_decay"] and not g["maximize"]
-                        for g in self.groups))
+    def _applies(self, x: Any, y: Any) -> bool:
+        return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == self.dtype and x.flags.c_contiguous
+                and type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and len(y) == len(x)
+                and len(x) > 0 and all(p.data.flags.c_contiguous and p.data.flags.writeable for p in self.params))
+
+    def _plain(self) -> bool:
+        return self.fold and all(not g["momentum"] and not g["weight_decay"] and not g["maximize"]
+                                 for g in self.groups)
 
     def run(self, segment: int, *inputs: Any) -> list[np.ndarray]:
+        if segment == 1:
+            if self._saved is None:  # the forward ran the plan: so does the backward, with its folded update
+                result = self.plan.run(1, *inputs)
+                fb = self.fallback_update
+                self.checked, self.complete = (fb.checked, fb.complete) if fb is not None else (False, False)
+                return result
+            self._backward(np.asarray(inputs[0]).item())
+            return []
+        self._saved = None
         x, y = inputs[self.x_index], inputs[self.y_index]
-        if not self.applies(x, y):
+        if not self._applies(x, y):
             return self.plan.run(segment, *inputs)
-        if self.kernel is None:
-            self.kernel = _compile(self._source)
-        args, kwargs = self.zero
-        _ZERO_GRAD(*args, **kwargs)
-        dt = self.dtype
-        grads = [np.empty_like(p.data) for p in self.params]
-        lrs = np.array([float(g["lr"]) for g in self.groups], dtype=dt)
-        logits = np.empty((len(x), self.classes), dtype=dt)
+        if self.forward_kernel is None:
+            self.forward_kernel, self.backward_kernel = _compile(self.source_text, self.dtype)
+        if self.zero is not None:  # bp.jit's step: zero_grad, forward, backward, step
+            _ZERO_GRAD(*self.zero[0], **self.zero[1])
+        n, dt = len(x), self.dtype
+        acts = [np.empty((n, w.data.shape[0]), dtype=dt) for w, _, _ in self.layers[:-1]]
+        logits, probs = np.empty((n, self.classes), dtype=dt), np.empty((n, self.classes), dtype=dt)
         loss = np.empty(1, dtype=dt)
-        if not self.kernel(x, y, lrs, np.array((0, 1, len(x)), dtype=dt), logits, loss,
-                           *[p.data for p in self.params], *grads):
-            return self.plan.run(segment, *inputs)  # NOTE: a target out of range: the op's own error, from the plan
-        for p, g in zip(self.params, grads):
-            _set_grad(p, g)
-        return [loss.reshape(()) if r == "loss" else logits for r in self.roles]
+        consts = np.array((0, 1, n, 0, np.finfo(dt).max), dtype=dt)
+        restore = self._single_thread()
+        try:
+            ok = self.forward_kernel(x, y, consts, self._chunks(n), loss, logits, probs, *acts,
+                                     *[p.data for p in self.params])
+        finally:
+            restore()
+        if not ok:  # a target out of range: the plan raises the op's own error
+            return self.plan.run(segment, *inputs)
+        self._saved = (x, acts, probs, y, consts)
+        out = {"loss": loss.reshape(()), "logits": logits}
+        if self.zero is not None:  # bp.jit: the recorded opt.step() is what updates when the kernel did not
+            if self._backward(1.0) != UPDATED:
+                _SGD_STEP(self.optimizer)
+        return [out[r] for r in self.roles]
+
+    def _chunks(self, n: int) -> np.ndarray:
+        """Rows per BLAS call of each layer's forward and input-gradient products at batch size n (0: one
+        call; the forward then transposed): :mod:`backprop.engine.blas`'s rules, which the replayed plan uses."""
+        found = self._chunk_cache.get(n)
+        if found is None:
+            found = self._chunk_cache[n] = np.array([c for w, _, _ in self.layers for c in (
+                _rows_per_call(n, w.data.size, w.data.shape[0]), _rows_per_call(n, w.data.size))], dtype=np.int64)
+        return found
+
+    def _single_thread(self) -> Callable[[], Any]:
+        if self._one_thread and self._threads is not None:
+            n = self._threads(1)
+            return functools.partial(self._threads, n)
+        return _nothing
+
+    def _backward(self, seed: float) -> int:
+        x, acts, probs, y, consts = self._saved
+        self._saved = None
+        consts[3] = seed
+        dt = self.dtype
+        n = len(x)
+        grads = [np.empty((n, w.data.shape[0]), dtype=dt) for w, _, _ in self.layers]
+        bias_grads = [np.zeros(w.data.shape[0], dtype=dt) for w, _, _ in self.layers]
+        fold = self._plain()
+        lrs = np.array([float(g["lr"]) for g in self.groups] if fold else [0.0] * len(self.params), dtype=dt)
+        restore = self._single_thread()
+        try:
+            status = self.backward_kernel(x, y, consts, self._chunks(n), probs, *acts, *grads, *bias_grads,
+                                          *[p.data for p in self.params], lrs, fold, self.check_finite)
+        finally:
+            restore()
+        inputs = [x, *acts]
+        for (w, b, _), g, a, gb in zip(self.layers, grads, inputs, bias_grads):
+            if status == UPDATED:  # NOTE: done: formed only if read, and the optimizer skips it
+                _set_grad(w, LazyGrad(functools.partial(weight_grad, g, a)))
+                if b is not None:
+                    _set_grad(b, LazyGrad(functools.partial(_same, gb)))
+            else:  # the optimizer updates (or the step's own check finds what is not finite)
+                _set_grad(w, weight_grad(g, a))
+                if b is not None:
+                    _set_grad(b, gb)
+        self.checked = status == UPDATED or (status == FORMED and not self.check_finite)
+        self.complete = status == UPDATED and self._covers
+        return status
 
 
-# ------------------------------------------------------------------------------------------- the kernel
+def _nothing() -> None:
+    return None
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+# ------------------------------------------------------------------------------------------- the kernels
 _FORWARD_ACT = {
     None: "{a}[i, j] = v",
     "relu": "{a}[i, j] = zero if v <= 0 else v",  # NOTE: np.maximum's NaN stays NaN
@@ -214,110 +351,135 @@ _FORWARD_ACT = {
     # NOTE: the op's own stable form: exp(-|v|) <= 1 never overflows
     "sigmoid": "e = math.exp(-abs(v))\n{pad}{a}[i, j] = one / (one + e) if v >= 0 else e / (one + e)",
 }
-_BACKWARD_ACT = {  # the gradient through the activation, from its output a
-    None: "d",
-    "relu": "d * (one if a > 0 else zero)",  # NOTE: the op's g * (out > 0): an infinite d times 0 is NaN there too
+_BACKWARD_ACT = {  # the gradient d through the activation, from its output a (the op's own formulas)
+    "relu": "d * (one if a > 0 else zero)",
     "tanh": "d * (one - a * a)",
     "sigmoid": "d * a * (one - a)",
 }
 
 
 def _source(layers: list[tuple[bool, str | None]]) -> str:
-    """The kernel of a chain of Linear layers (bias or not, then an activation or none) and cross-entropy.
+    """The two kernels of a chain of Linear layers (bias or not, then an activation or none) and the mean
+    cross-entropy of class indices.
 
-    NOTE: every number stays in the step's dtype (``zero``, ``one`` and ``nf``, the batch size, come in as
-    that dtype: numba would widen float32 with a Python int to float64), so float32 rounds as float32 does.
-    Returns False, with nothing changed, when a target is not a class index.
+    Products are ``gemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)`` on addresses;
+    a layer's forward is computed transposed, ``W @ a^T`` (out, n): OpenBLAS's faster form for few rows
+    (see :mod:`backprop.engine.blas`), read back row by row by the loop that adds the bias and applies the
+    activation. NOTE: every number stays in the step's dtype (``zero``, ``one``, ``nf`` = the batch size,
+    ``seed`` and ``big`` = the dtype's largest value come in ``consts``: numba would widen float32 with a
+    Python number to float64), so float32 rounds as float32 does.
     """
     k = len(layers)
-    params = [f"W{i}" + (f", b{i}" if has_b else "") for i, (has_b, _) in enumerate(layers)]
-    grads = [f"gW{i}" + (f", gb{i}" if has_b else "") for i, (has_b, _) in enumerate(layers)]
-    L = [f"def step(x, y, lrs, consts, logits, loss, {', '.join(params)}, {', '.join(grads)}):",
-         "    n = x.shape[0]",
-         "    zero, one, nf = consts[0], consts[1], consts[2]",
+    params = ", ".join(f"W{i}" + (f", b{i}" if has_b else "") for i, (has_b, _) in enumerate(layers))
+    acts = "".join(f"a{i}, " for i in range(1, k))
+    grads = ", ".join(f"g{i}" for i in range(k)) + ", " + ", ".join(f"gb{i}" for i in range(k))
+    head = ["    n = x.shape[0]", "    zero, one, nf, seed, big = consts[0], consts[1], consts[2], consts[3], consts[4]",
+            "    a0 = x", "    size = x.itemsize"]
+    F = [f"def forward(x, y, consts, chunks, loss, logits, probs, {acts}{params}):", *head,
          f"    for i in range(n):",
          f"        if y[i] < 0 or y[i] >= W{k - 1}.shape[0]:",
-         "            return False",
-         "    a0 = x"]
-    for i, (has_b, act) in enumerate(layers):  # forward: a_{i+1} = act(a_i W_i^T + b_i)
-        dst = "logits" if i == k - 1 else f"a{i + 1}"
-        if i < k - 1:
-            L.append(f"    a{i + 1} = np.empty((n, W{i}.shape[0]), x.dtype)")
-        L += ["    for i in range(n):",
-              f"        for j in range(W{i}.shape[0]):",
-              f"            v = {'b' + str(i) + '[j]' if has_b else 'zero'}",
-              f"            for q in range(W{i}.shape[1]):",
-              f"                v += a{i}[i, q] * W{i}[j, q]"]
-        L.append("            " + _FORWARD_ACT[act].format(a=dst, pad="            "))
-    # softmax cross-entropy, the op's arithmetic: the mean of log(s) - shifted[target], and the gradient
-    # (softmax - onehot) * (1 / n)
-    L += ["    C = logits.shape[1]",
-          "    g = np.empty((n, C), x.dtype)",
-          "    total = zero",
-          "    scale = one / nf",
-          "    for i in range(n):",
-          "        m = logits[i, 0]",
-          "        for c in range(1, C):",
-          "            m = max(m, logits[i, c])",
-          "        s = zero",
-          "        for c in range(C):",
-          "            e = math.exp(logits[i, c] - m)",
-          "            g[i, c] = e",
-          "            s += e",
-          "        total += math.log(s) - (logits[i, y[i]] - m)",
-          "        for c in range(C):",
-          "            g[i, c] = g[i, c] / s",
-          "        g[i, y[i]] -= one",
-          "        for c in range(C):",
-          "            g[i, c] *= scale",
-          "    loss[0] = total / nf"]
-    for i in range(k - 1, -1, -1):  # backward: grads of W_i, b_i, then of a_i through its activation
-        has_b = layers[i][0]
-        L += ["    for j in range(W{0}.shape[0]):".format(i)]
-        L += [f"        gb{i}[j] = zero"] if has_b else []
-        L += [f"        for q in range(W{i}.shape[1]):", f"            gW{i}[j, q] = zero"]
-        L += ["    for i in range(n):",
-              f"        for j in range(W{i}.shape[0]):",
-              "            d = g[i, j]"] + ([f"            gb{i}[j] += d"] if has_b else []) + [
-              f"            for q in range(W{i}.shape[1]):",
-              f"                gW{i}[j, q] += d * a{i}[i, q]"]
-        if i:
-            act = layers[i - 1][1]
-            L += [f"    h = np.empty((n, W{i}.shape[1]), x.dtype)",
+         "            return False"]
+    for i, (has_b, act) in enumerate(layers):
+        bias = f"b{i}[j]" if has_b else "zero"
+        rows = [f"        for s in range(0, n, c):",  # a few rows a call (chunks[2i] of them), or all at once
+                f"            gemm(ROW, NT, T, min(c, n - s), o, m, one, a{i}.ctypes.data + s * m * size, m, "
+                f"W{i}.ctypes.data, m, zero, {{z}}.ctypes.data + s * o * size, o)"]
+        if i < k - 1:  # (n, out) = a W^T by rows, or (out, n) = W a^T; then a_{i+1}[r, j] = act(z + b[j])
+            F += [f"    o, m = W{i}.shape",
+                  f"    c = chunks[{2 * i}]",
+                  "    if c:",
+                  "        z = np.empty((n, o), x.dtype)",
+                  *[line.format(z="z") for line in rows],
+                  "        for i in range(n):",
+                  "            for j in range(o):",
+                  f"                v = z[i, j] + {bias}",
+                  "                " + _FORWARD_ACT[act].format(a=f"a{i + 1}", pad="                "),
+                  "    else:",
+                  "        z = np.empty((o, n), x.dtype)",
+                  f"        gemm(ROW, NT, T, o, n, m, one, W{i}.ctypes.data, m, a{i}.ctypes.data, m, zero, z.ctypes.data, n)",
+                  "        for i in range(n):",
+                  "            for j in range(o):",
+                  f"                v = z[j, i] + {bias}",
+                  "                " + _FORWARD_ACT[act].format(a=f"a{i + 1}", pad="                ")]
+        else:  # the logits (n, C) = a W^T + b, then softmax cross-entropy (the op's arithmetic)
+            F += [f"    o, m = W{i}.shape",
+                  f"    c = chunks[{2 * i}] or n",
+                  *[line[4:].format(z="logits") for line in rows],
+                  "    total = zero",
                   "    for i in range(n):",
-                  f"        for q in range(W{i}.shape[1]):",
-                  "            d = zero",
-                  f"            for j in range(W{i}.shape[0]):",
-                  f"                d += g[i, j] * W{i}[j, q]",
-                  f"            a = a{i}[i, q]",
-                  f"            h[i, q] = {_BACKWARD_ACT[act]}",
-                  "    g = h"]
-    # the update, SGD's arithmetic: p -= lr * grad, once every gradient is known (as the eager step)
-    slot = 0
+                  "        for j in range(o):",
+                  f"            logits[i, j] += {bias}",
+                  "        top = logits[i, 0]",
+                  "        for j in range(1, o):",
+                  "            top = max(top, logits[i, j])",
+                  "        s = zero",
+                  "        for j in range(o):",
+                  "            e = math.exp(logits[i, j] - top)",
+                  "            probs[i, j] = e",
+                  "            s += e",
+                  "        total += math.log(s) - (logits[i, y[i]] - top)",
+                  "        for j in range(o):",
+                  "            probs[i, j] = probs[i, j] / s",
+                  "    loss[0] = total / nf",
+                  "    return True"]
+    B = [f"def backward(x, y, consts, chunks, probs, {acts}{grads}, {params}, lrs, fold, check):", *head,
+         # the gradient of the logits: (softmax - onehot) * (seed / n), the op's own arithmetic
+         f"    scale = seed / nf",
+         f"    g = g{k - 1}",
+         "    for i in range(n):",
+         "        for j in range(probs.shape[1]):",
+         "            g[i, j] = probs[i, j]",
+         "        g[i, y[i]] -= one",
+         "        for j in range(probs.shape[1]):",
+         "            g[i, j] *= scale"]
+    for i in range(k - 1, -1, -1):
+        has_b = layers[i][0]
+        if has_b:
+            B += ["    for r in range(n):", f"        for j in range(g{i}.shape[1]):", f"            gb{i}[j] += g{i}[r, j]"]
+        if i:  # the gradient of the layer's input, (n, in) = g W (a few rows a call, or all), then through
+            B += [f"    o, m = W{i}.shape",  # the previous activation
+                  f"    c = chunks[{2 * i + 1}] or n",
+                  "    for s in range(0, n, c):",
+                  f"        gemm(ROW, NT, NT, min(c, n - s), m, o, one, g{i}.ctypes.data + s * o * size, o, "
+                  f"W{i}.ctypes.data, m, zero, g{i - 1}.ctypes.data + s * m * size, m)",
+                  "    for r in range(n):",
+                  "        for j in range(m):",
+                  f"            d, a = g{i - 1}[r, j], a{i}[r, j]",
+                  f"            g{i - 1}[r, j] = {_BACKWARD_ACT[layers[i - 1][1]]}"]
+    # check (fit's check_finite): every entry of g^T a is finite when g and a are and n |g| |a| < big, as
+    # fuse_sgd's check; the bias gradients exactly. Nothing has moved yet when it fails.
+    B += ["    if check:"]
+    for i in range(k):
+        B += [f"        gf, af = g{i}.reshape(-1), a{i}.reshape(-1)",  # NOTE: one BLAS dot each, as fuse_sgd's
+              "        if not (math.sqrt(np.dot(gf, gf)) * math.sqrt(np.dot(af, af)) * nf < big):", "            return 2"]
+        if layers[i][0]:
+            B += [f"        for v in gb{i}:", "            if not math.isfinite(v):", "                return 2"]
+    B += ["    if not fold:", "        return 1"]
+    slot = 0  # plain SGD: W += -lr g^T a in the product (beta = 1), b -= lr gb (SGD's own arithmetic)
     for i, (has_b, _) in enumerate(layers):
-        L += [f"    lr = lrs[{slot}]",
-              f"    for j in range(W{i}.shape[0]):",
-              f"        for q in range(W{i}.shape[1]):",
-              f"            W{i}[j, q] -= lr * gW{i}[j, q]"]
+        B += [f"    o, m = W{i}.shape",
+              f"    gemm(ROW, T, NT, o, m, n, -lrs[{slot}], g{i}.ctypes.data, o, a{i}.ctypes.data, m, one, W{i}.ctypes.data, m)"]
         slot += 1
         if has_b:
-            L += [f"    lr = lrs[{slot}]", f"    for j in range(b{i}.shape[0]):", f"        b{i}[j] -= lr * gb{i}[j]"]
+            B += [f"    lr = lrs[{slot}]", f"    for j in range(b{i}.shape[0]):", f"        b{i}[j] -= lr * gb{i}[j]"]
             slot += 1
-    L.append("    return True")
-    return "\n".join(L) + "\n"
+    B.append("    return 0")
+    return "\n".join(F) + "\n\n\n" + "\n".join(B) + "\n"
 
 
-def _compile(source: str) -> Any:
-    kernel = _kernels.get(source)
-    if kernel is None:
+def _compile(source: str, dtype: np.dtype) -> tuple[Any, Any]:
+    key = (source, dtype.str)
+    kernels = _kernels.get(key)
+    if kernels is None:
         import math
 
         import numba
 
-        namespace: dict[str, Any] = {"np": np, "math": math}
+        namespace: dict[str, Any] = {"np": np, "math": math, "gemm": gemm_by_address(dtype),
+                                     "ROW": ROW_MAJOR, "NT": NO_TRANS, "T": TRANS}
         exec(compile(source, "<backprop fused dense step>", "exec"), namespace)  # noqa: S102 - our generated code
-        # NOTE: sums may be reordered and multiply-adds fused (the loops then vectorise: 1.3-2x faster here),
-        # but not the no-NaN/no-inf assumptions of full fastmath: a diverging step still shows NaN and inf
-        kernel = _kernels[source] = numba.njit(cache=False, nogil=True, fastmath={"reassoc", "contract"})(
-            namespace["step"])
-    return kernel
+        # NOTE: sums may be reordered and multiply-adds fused (the loops vectorise), but not full fastmath's
+        # no-NaN/no-inf assumptions: a diverging step still shows NaN and inf, and the check sees them
+        jit = numba.njit(cache=False, nogil=True, fastmath={"reassoc", "contract"})
+        kernels = _kernels[key] = (jit(namespace["forward"]), jit(namespace["backward"]))
+    return kernels

@@ -66,7 +66,7 @@ from backprop.nn.functional import Linear
 from backprop.nn.module import LazyGrad, Module, Parameter, raw_grad
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
-from backprop.training.fused import fuse_dense_step
+from backprop.training.fused import FusedDenseStep, dense_forward, fuse_dense_step
 from backprop.training.loop import Batch, Step, _nonfinite_gradient
 
 __all__ = ["CapturedStep", "Jitted", "captured", "jit"]
@@ -264,11 +264,13 @@ class CapturedStep:
         self.step, self.model, self.optimizer = step, step.model, step.optimizer
         # NOTE: the update may be folded into the backward only when nothing needs the gradients in between
         self.fuse = fuse and step.clip_norm is None and step.clip_value is None
+        self.sharded = not fuse  # NOTE: data parallelism: backpropagate() is seeded with each rank's share
         self.modules = list(step.model.modules())
         self.plans: dict[Any, Any] = {}
         self.captures = 0
         self._pending: tuple[Capture, Any, Tensor] | None = None
         self._active: tuple[Any, Tensor] | None = None
+        self._done: Tensor | None = None  # a loss whose backward ran when its step was captured
         self._folded: _FoldedUpdate | None = None
 
     @staticmethod
@@ -299,7 +301,7 @@ class CapturedStep:
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         key = self._key(batch)
         entry = self.plans.get(key)
-        self._pending = self._active = None
+        self._pending = self._active = self._done = None
         if entry is _EAGER or not isinstance(batch.y, np.ndarray) or not isinstance(batch.x, np.ndarray):
             return self.step.compute_loss(batch)
         if entry is not None and entry.holds():
@@ -321,8 +323,46 @@ class CapturedStep:
                 raise
             self._give_up(key, e)
             return result[0], result[1]
+        if not self.sharded and dense_forward(cap.segments[0][0]):
+            return self._capture_dense(cap, key, batch, result[0], result[1])
         self._pending = (cap, key, result[1])
         return result[0], result[1]
+
+    def _capture_dense(self, cap: Capture, key: Any, batch: Batch, out: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
+        """A dense network's step (:mod:`backprop.training.fused`): its backward is recorded at once (this is
+        the step's own backward: without data parallelism it is seeded with 1), and if it compiles, this step already runs the
+        kernels, so that every step of a run (and of a resumed run) computes the same way."""
+        self._done = loss
+        if not self._record_backward(cap, key, loss, np.asarray(1.0, dtype=loss.dtype)):
+            return out, loss
+        entry = self.plans[key]
+        if not isinstance(entry.plan, FusedDenseStep):
+            return out, loss  # NOTE: the gradients are this step's: backpropagate() has nothing left to do
+        self._done = None
+        for p in entry.plan.params:
+            p.grad = None  # NOTE: as zero_grad() left them: the kernels compute this step again
+        return self.compute_loss(batch)
+
+    def _record_backward(self, cap: Capture, key: Any, loss: Tensor, seed: np.ndarray) -> bool:
+        """Record the backward as the plan's segment 1 (running it) and keep the plan; False: cannot."""
+        try:
+            with cap.segment(seed) as seg:  # NOTE: the seed array is the segment's input, so it may vary
+                self.step.backpropagate(loss, scale=seg.inputs[0])
+        except CaptureError as e:
+            self._give_up(key, e)
+            return False
+        self.captures += 1
+        plan = cap.plan()
+        _thread_policy(plan)
+        entry = _Captured(plan, [], None)  # NOTE: the modes are in the key already: not checked twice a step
+        if self.fuse:
+            entry.update = fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
+        fused = fuse_dense_step(plan)  # NOTE: a dense network's step as compiled kernels, with numba
+        if fused is not None:
+            fused.bind(self.optimizer, fold=self.fuse, check_finite=self.step.check_finite)
+            fused.fallback_update, entry.plan, entry.update = entry.update, fused, fused
+        self.plans[key] = entry
+        return True
 
     def _give_up(self, key: Any, error: Exception) -> None:
         warnings.warn(f"{type(self.step).__name__}: the training step cannot be captured ({error}); it runs "
@@ -332,6 +372,9 @@ class CapturedStep:
     def backpropagate(self, loss: Tensor | None, scale: float | None = None, x: np.ndarray | None = None) -> None:
         if loss is None:
             return self.step.backpropagate(loss, scale, x)
+        if self._done is not None and self._done is loss:  # run already, when its step was captured
+            self._done = None
+            return None
         seed = np.asarray(1.0 if scale is None else scale, dtype=loss.dtype)
         if self._active is not None and self._active[1] is loss:
             entry, _ = self._active
@@ -342,19 +385,7 @@ class CapturedStep:
         if self._pending is not None and self._pending[2] is loss:
             cap, key, _ = self._pending
             self._pending = None
-            try:
-                with cap.segment(seed) as seg:  # NOTE: the seed array is the segment's input, so it may vary
-                    self.step.backpropagate(loss, scale=seg.inputs[0])
-            except CaptureError as e:
-                self._give_up(key, e)
-                return None
-            self.captures += 1
-            plan = cap.plan()
-            _thread_policy(plan)
-            entry = _Captured(plan, [], None)  # NOTE: the modes are in the key already: not checked twice a step
-            if self.fuse:
-                entry.update = fuse_sgd(plan, 1, self.optimizer, self.step.check_finite)
-            self.plans[key] = entry
+            self._record_backward(cap, key, loss, seed)
             return None
         return self.step.backpropagate(loss, scale, x)
 
