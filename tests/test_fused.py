@@ -253,3 +253,28 @@ def test_steps_other_than_the_classic_one_are_not_matched():
         step(x, y)
         step(x, y)
         assert not isinstance(_runner(step), FusedDenseStep)
+
+
+@needs_numba
+def test_the_next_fit_on_the_model_reuses_its_compiled_step(monkeypatch):
+    """A second fit (a new optimizer, another learning rate) binds the kept step instead of capturing again,
+    and equals the eager runs; a parameter replaced by a new one makes it capture again."""
+    import sys
+
+    jit_module = sys.modules["backprop.training.jit"]  # NOTE: backprop.training.jit is also the function
+    captures = []
+    real = jit_module.Capture
+    monkeypatch.setattr(jit_module, "Capture", lambda: (captures.append(1), real())[1])
+    x, y = _data(64)
+    runs = []
+    for jit in (False, True):
+        model = _net()
+        bp.fit(model, x, y, epochs=1, batch_size=16, verbose=0, seed=1, jit=jit, lr=0.3)
+        bp.fit(model, x, y, epochs=1, batch_size=16, verbose=0, seed=2, jit=jit, lr=0.05)
+        runs.append(model)
+    assert len(captures) == 1
+    for a, b in zip(runs[0].parameters(), runs[1].parameters()):
+        np.testing.assert_allclose(b.data, a.data, rtol=2e-5, atol=1e-6)
+    runs[1][0].weight = bp.nn.Parameter(runs[1][0].weight.data.copy())
+    bp.fit(runs[1], x, y, epochs=1, batch_size=16, verbose=0, seed=2, lr=0.05)
+    assert len(captures) == 2

@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
@@ -272,6 +273,9 @@ class CapturedStep:
         self._active: tuple[Any, Tensor] | None = None
         self._done: Tensor | None = None  # a loss whose backward ran when its step was captured
         self._folded: _FoldedUpdate | None = None
+        loss = step.loss if isinstance(step.loss, str) else id(step.loss)
+        self._config = (type(step), loss, getattr(step, "weighted", None), self.sharded)
+        self._kept = _KEPT.setdefault(step.model, {})
 
     @staticmethod
     def supports(step: Any) -> bool:
@@ -304,12 +308,30 @@ class CapturedStep:
         self._pending = self._active = self._done = None
         if entry is _EAGER or not isinstance(batch.y, np.ndarray) or not isinstance(batch.x, np.ndarray):
             return self.step.compute_loss(batch)
+        if entry is None:
+            entry = self._kept_step(key)
         if entry is not None and entry.holds():
             out, loss = entry.plan.run(0, batch.x, batch.y, batch.w)
             loss_t = _wrap(loss)
             self._active = (entry, loss_t)
             return _wrap(out), loss_t
         return self._capture(key, batch)
+
+    def _kept_step(self, key: Any) -> _Captured | None:
+        """A dense step captured by an earlier ``fit`` on this model (Keras keeps its train function on the
+        model too), bound to this run's optimizer; None when there is none or the model's parameters are
+        not the ones it was captured with."""
+        kept = self._kept.get((key, self._config))
+        if kept is None:
+            return None
+        entry, params = kept
+        if params != tuple([id(p) for p in self.model.parameters()]):
+            return None
+        fused = entry.plan
+        fused.fallback_update = fuse_sgd(fused.plan, 1, self.optimizer, self.step.check_finite) if self.fuse else None
+        fused.bind(self.optimizer, fold=self.fuse, check_finite=self.step.check_finite)
+        self.plans[key] = entry
+        return entry
 
     def _capture(self, key: Any, batch: Batch) -> tuple[Tensor, Tensor]:
         cap = Capture()
@@ -361,6 +383,7 @@ class CapturedStep:
         if fused is not None:
             fused.bind(self.optimizer, fold=self.fuse, check_finite=self.step.check_finite)
             fused.fallback_update, entry.plan, entry.update = entry.update, fused, fused
+            self._kept[(key, self._config)] = (entry, tuple([id(p) for p in self.model.parameters()]))
         self.plans[key] = entry
         return True
 
@@ -412,6 +435,11 @@ class CapturedStep:
     @property
     def is_root(self) -> bool:
         return self.step.is_root
+
+
+#: A model's dense steps compiled by earlier ``fit`` calls, by the step's guards and configuration (see
+#: ``CapturedStep._kept_step``). NOTE: a weak key: a model that goes away takes its steps with it.
+_KEPT: weakref.WeakKeyDictionary[Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
