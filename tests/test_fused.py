@@ -76,10 +76,11 @@ def test_the_kernel_equals_the_eager_step(dtype, bias, n):
 
 
 @needs_numba
-@pytest.mark.parametrize("n", [8, 40])
+@pytest.mark.parametrize("n", [8, 40, 80])
 def test_products_in_row_chunks_and_transposed_equal_the_eager_step(n):
     """A 784 -> 256 layer at 8 rows: its forward and input-gradient products are made 4 rows a call (blas.py's
-    rule for OpenBLAS's small-matrix kernel); at 40 rows transposed in one call. Both within rounding."""
+    rule for OpenBLAS's small-matrix kernel); at 40 rows the forward transposed in one call; at 80 as x W^T
+    in one call. All within rounding."""
     from backprop.engine.blas import _rows_per_call
     sizes = (64, 784, 256, 10)
     assert _rows_per_call(8, 784 * 256, 256) and _rows_per_call(8, 784 * 256) and not _rows_per_call(40, 784 * 256)

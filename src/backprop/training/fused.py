@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.engine.blas import (NO_TRANS, ROW_MAJOR, TRANS, _rows_per_call, gemm_by_address, set_blas_threads,
+from backprop.engine.blas import (NO_TRANS, ROW_MAJOR, SMALL_BATCH, TRANS, _rows_per_call, gemm_by_address, set_blas_threads,
                                   weight_grad)
 from backprop.engine.capture import Plan
 from backprop.engine.ops import ReLU, Sigmoid, Tanh
@@ -294,8 +294,11 @@ class FusedDenseStep:
         call; the forward then transposed): :mod:`backprop.engine.blas`'s rules, which the replayed plan uses."""
         found = self._chunk_cache.get(n)
         if found is None:
+            # NOTE: the transposed forward pays below SMALL_BATCH rows only (as linear_forward): beyond, x W^T
+            # in one call, read back row by row, is as fast and its loop reads memory in order
             found = self._chunk_cache[n] = np.array([c for w, _, _ in self.layers for c in (
-                _rows_per_call(n, w.data.size, w.data.shape[0]), _rows_per_call(n, w.data.size))], dtype=np.int64)
+                n if n >= SMALL_BATCH else _rows_per_call(n, w.data.size, w.data.shape[0]),
+                _rows_per_call(n, w.data.size))], dtype=np.int64)
         return found
 
     def _single_thread(self) -> Callable[[], Any]:
