@@ -124,6 +124,12 @@ def gemm_by_address(dtype: Any) -> Any:
     return fn
 
 
+def blas_threads() -> int | None:
+    """NumPy's OpenBLAS's thread count now (one ctypes call), or None where that OpenBLAS cannot be found."""
+    t = _openblas()
+    return t.get() if t.get is not None else None
+
+
 def set_blas_threads() -> Callable[[int], int] | None:
     """``set(n) -> previous``, NumPy's OpenBLAS thread count as one ctypes call each way; None where that
     OpenBLAS cannot be found (then the BLAS keeps its own policy)."""

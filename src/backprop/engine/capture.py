@@ -49,6 +49,7 @@ import numpy as np
 from backprop.engine import function as _function
 from backprop.engine.blas import set_blas_threads
 from backprop.engine.function import Function
+from backprop.engine.parallel import set_budget
 from backprop.engine.tensor import Tensor, _accumulate_leaf, _release, _toposort
 
 __all__ = ["Capture", "CaptureError", "Plan", "accumulate_grad"]
@@ -544,9 +545,10 @@ class _SegmentSource:
         outs = ", ".join(f"v{s}" for s in self.outs)
         body = [*head, *self.lines, *tail, f"return [{outs}]"]
         setter = set_blas_threads() if self.plan._one_thread else None
-        if setter is not None:
-            self.ns["_set_threads"] = setter
-            body = ["_n = _set_threads(1)", "try:", *("    " + b for b in body), "finally:", "    _set_threads(_n)"]
+        if setter is not None:  # NOTE: our own splits (engine/parallel.py) may still use the threads there were
+            self.ns["_set_threads"], self.ns["_set_budget"] = setter, set_budget
+            body = ["_n = _set_threads(1)", "_b = _set_budget(_n)", "try:", *("    " + b for b in body), "finally:",
+                    "    _set_budget(_b)", "    _set_threads(_n)"]
         src = "\n".join([f"def segment_{self.k}(V, inputs):", *("    " + b for b in body)])
         exec(_compiled(src, self.k), self.ns)  # noqa: S102 - our own generated code
         return src, self.ns[f"segment_{self.k}"]

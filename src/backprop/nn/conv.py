@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from backprop.engine.parallel import split
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
 from backprop.nn._common import int_tuple as _ints
@@ -84,6 +85,9 @@ __all__ = ["Conv1d", "Conv1dFn", "Conv2d", "Conv2dFn", "conv1d", "conv2d"]
 
 # Above this size (bytes), the weight gradient avoids the (N, O, K) temporary of the batched product.
 _WGRAD_TEMP_BYTES = 1 << 24
+# Fewest images a thread takes when a flat-path loop over images is split over two (engine/parallel.py):
+# a split costs ~25-60 us of thread handoff; LeNet-5's layers take ~5-30 us an image.
+_SPLIT_MIN_IMAGES = 16
 
 
 # ------------------------------------------------------------------------------------- argument parsing
@@ -255,21 +259,25 @@ def _flat_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tupl
         wext[:, :, kg] = b.reshape(groups, og)
     view = _flat_view(xp, groups, kh, kw, dilation, length)
     nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
-    cols = np.empty((nb, groups, kb, length), dtype=dt)
-    if b is not None:
-        cols[:, :, kg] = 1
-    dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
-    res = np.empty((nb, groups, og, length), dtype=dt)
-    res_valid = _valid(res, oh, ow, wp)  # NOTE: views made once: as_strided costs ~30 us a call
     out = np.empty((n, o, oh, ow), dtype=dt)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        np.copyto(dst[:m], view[n0:n0 + m])
-        # NOTE: per-image products (numpy loops over the images inside one call): OpenBLAS multiplies
-        # such small matrices (m*n*k up to 10^6) with its small-matrix kernels, 2-4x the rate of its
-        # general path on one (O, K) @ (K, images*L') product of the same chunk
-        np.matmul(wext, cols[:m], out=res[:m])
-        np.copyto(out[n0:n0 + m], res_valid[:m])  # drop the wrapped-around positions
+
+    def images(lo: int, hi: int) -> None:  # NOTE: its own scratch: the two halves of a split run at once
+        cols = np.empty((nb, groups, kb, length), dtype=dt)
+        if b is not None:
+            cols[:, :, kg] = 1
+        dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
+        res = np.empty((nb, groups, og, length), dtype=dt)
+        res_valid = _valid(res, oh, ow, wp)  # NOTE: views made once: as_strided costs ~30 us a call
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            np.copyto(dst[:m], view[n0:n0 + m])
+            # NOTE: per-image products (numpy loops over the images inside one call): OpenBLAS multiplies
+            # such small matrices (m*n*k up to 10^6) with its small-matrix kernels, 2-4x the rate of its
+            # general path on one (O, K) @ (K, images*L') product of the same chunk
+            np.matmul(wext, cols[:m], out=res[:m])
+            np.copyto(out[n0:n0 + m], res_valid[:m])  # drop the wrapped-around positions
+
+    split(n, images, _SPLIT_MIN_IMAGES)
     return out, xp
 
 
@@ -290,24 +298,28 @@ def _flat_weight_grad(g: np.ndarray, xp: np.ndarray, w_shape: tuple[int, ...], g
     length = (oh - 1) * wp + ow
     view = _flat_view(xp, groups, kh, kw, dilation, length)
     nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
-    cols = np.empty((nb, groups, kb, length), dtype=dt)
-    if with_bias:
-        cols[:, :, kg] = 1
     # NOTE: g as (L', O/G) per image (a transposing copy) when there are many output channels, else
     # (O/G, L') read transposed by the product: LeNet's layers, per image: (151, 136) @ (136, 16) 7.2 us
     # vs 10.7 us as @ (16, 136)^T; (26, 892) @ (6, 892)^T 5.3 us vs 6.2 us, and a 3x cheaper copy
     by_rows = og >= 16
-    gg = np.zeros((nb, groups, length, og) if by_rows else (nb, groups, og, length), dtype=dt)
-    g_valid = _valid(gg.transpose(0, 1, 3, 2) if by_rows else gg, oh, ow, wp)  # the zeros elsewhere stay
-    gm = gg if by_rows else gg.transpose(0, 1, 3, 2)  # (nb, G, L', O/G)
     per_image = np.empty((n, groups, kb, og), dtype=dt)  # summed once at the end: one call, not one a chunk
-    dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        np.copyto(dst[:m], view[n0:n0 + m])
-        np.copyto(g_valid[:m], g[n0:n0 + m])
-        np.matmul(cols[:m], gm[:m], out=per_image[n0:n0 + m])
-    acc = per_image.sum(axis=0)
+
+    def images(lo: int, hi: int) -> None:  # NOTE: its own scratch: the two halves of a split run at once
+        cols = np.empty((nb, groups, kb, length), dtype=dt)
+        if with_bias:
+            cols[:, :, kg] = 1
+        gg = np.zeros((nb, groups, length, og) if by_rows else (nb, groups, og, length), dtype=dt)
+        g_valid = _valid(gg.transpose(0, 1, 3, 2) if by_rows else gg, oh, ow, wp)  # the zeros elsewhere stay
+        gm = gg if by_rows else gg.transpose(0, 1, 3, 2)  # (nb, G, L', O/G)
+        dst = cols[:, :, :kg].reshape((nb,) + view.shape[1:])
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            np.copyto(dst[:m], view[n0:n0 + m])
+            np.copyto(g_valid[:m], g[n0:n0 + m])
+            np.matmul(cols[:m], gm[:m], out=per_image[n0:n0 + m])
+
+    split(n, images, _SPLIT_MIN_IMAGES)
+    acc = per_image.sum(axis=0)  # NOTE: the same sum however the images were split
     gw = acc[:, :kg].transpose(0, 2, 1).reshape(w_shape)
     return gw, (acc[:, kg].reshape(o) if with_bias else None)
 
@@ -474,13 +486,17 @@ def _input_grad_toeplitz(g: np.ndarray, w: np.ndarray, out: np.ndarray, pads: tu
     rows = rows.reshape(n * oh, ow * o)
     dxr = np.zeros((n, hp, nblk, c, bx), dtype=dt)
     nb = max(1, min(n, _TOEPLITZ_CHUNK_BYTES // max(1, oh * kh * c * bx * dxr.itemsize)))
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        for xa, xb, t, blk in blocks:
-            p = (rows[n0 * oh:(n0 + m) * oh, xa * o:xb * o] @ t).reshape(m, oh, kh, c, bx)
-            for i in range(kh):
-                dxr[n0:n0 + m, i * dh:i * dh + oh, blk] += p[:, :, i]
-            del p
+
+    def images(lo: int, hi: int) -> None:  # NOTE: writes only its images' rows of dxr
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            for xa, xb, t, blk in blocks:
+                p = (rows[n0 * oh:(n0 + m) * oh, xa * o:xb * o] @ t).reshape(m, oh, kh, c, bx)
+                for i in range(kh):
+                    dxr[n0:n0 + m, i * dh:i * dh + oh, blk] += p[:, :, i]
+                del p
+
+    split(n, images, _SPLIT_MIN_IMAGES)
     for blk in range(nblk):  # crop the padding, back to (N, C, H, W)
         x0, x1 = max(blk * bx, pl), min((blk + 1) * bx, wp, pl + wd)
         if x0 < x1:

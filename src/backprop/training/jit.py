@@ -456,8 +456,10 @@ def _thread_policy(plan: Plan) -> None:
     own choice (all the threads it is allowed)."""
     ops = [i for code, _ in plan.segments for i in code if i[0] == "op"]
     linear = [i for i in ops if i[1] is Linear]
-    if linear and not any(i[1] in (Conv1dFn, Conv2dFn) for i in ops) and all(
-            math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear):
+    conv = any(i[1] in (Conv1dFn, Conv2dFn) for i in ops)
+    if linear and not conv and all(math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear):
+        plan.single_threaded()
+    elif conv:  # NOTE: the convolutions split their images over threads of our own (engine/parallel.py) instead
         plan.single_threaded()
 
 
