@@ -279,3 +279,20 @@ def test_the_next_fit_on_the_model_reuses_its_compiled_step(monkeypatch):
     runs[1][0].weight = bp.nn.Parameter(runs[1][0].weight.data.copy())
     bp.fit(runs[1], x, y, epochs=1, batch_size=16, verbose=0, seed=2, lr=0.05)
     assert len(captures) == 2
+
+
+@needs_numba
+def test_a_wide_tanh_layer_runs_the_replayed_plan():
+    """numba's tanh is scalar: a step with more tanh/sigmoid values than MAX_CURVED keeps NumPy's, in the plan."""
+    sizes, n = (20, 64, 3), 32
+    assert n * 64 > fused.MAX_CURVED
+    models = [_net(sizes=sizes, acts=("tanh",)), _net(sizes=sizes, acts=("tanh",))]
+    opts = [bp.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    eager, jitted = _step(models[0], opts[0]), bp.jit(_step(models[1], opts[1]), fallback="error")
+    x, y = _data(n, features=20)
+    for _ in range(3):
+        eager(x, y), jitted(x, y)
+    runner = _runner(jitted)
+    assert isinstance(runner, FusedDenseStep) and runner.forward_kernel is None  # recognised, never run
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7)

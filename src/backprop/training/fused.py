@@ -70,9 +70,17 @@ from backprop.nn.module import LazyGrad, Parameter
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 
-__all__ = ["FusedDenseStep", "dense_forward", "fuse_dense_step"]
+__all__ = ["MAX_CURVED", "MAX_SOFTMAX", "FusedDenseStep", "dense_forward", "fuse_dense_step"]
 
 _ACTIVATIONS = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
+#: The most tanh/sigmoid values (batch x units) a step may compute in the kernels. NOTE: numba calls the C
+#: library's tanh and exp one value at a time (here 10 and 5 ns), where NumPy's are vectorised (np.tanh of
+#: 512 x 32 float32: 4 us in NumPy, 165 us in a numba loop): beyond a few hundred values the replayed plan,
+#: with its NumPy calls, is faster. ReLU costs nothing of the kind.
+MAX_CURVED = 1024
+#: The most softmax values (batch x classes) a step may compute in the kernels, for the same reason: an
+#: exp each, ~25 us for 512 x 10, where a step of such a batch takes milliseconds.
+MAX_SOFTMAX = 65_536
 _ZERO_GRAD = Optimizer.__dict__["zero_grad"].__replayable__
 _SGD_STEP = SGD.__dict__["step"].__replayable__
 _set_grad = Tensor.__dict__["grad"].__set__  # NOTE: the slot itself: a Parameter's .grad setter is a property
@@ -216,6 +224,7 @@ class FusedDenseStep:
                    and all(isinstance(p, Parameter) and p.requires_grad for p in self.params)
                    and gemm_by_address(self.dtype or np.float32) is not None)
         self.classes = self.layers[-1][0].data.shape[0]
+        self._curved = sum(w.data.shape[0] for w, _, act in self.layers if act in ("tanh", "sigmoid"))
         self.optimizer, self.groups = None, []
         self.fold, self.check_finite, self._covers = True, False, False
         self.checked = self.complete = False
@@ -245,6 +254,7 @@ class FusedDenseStep:
 
     def _applies(self, x: Any, y: Any) -> bool:
         return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == self.dtype and x.flags.c_contiguous
+                and len(x) * self._curved <= MAX_CURVED and len(x) * self.classes <= MAX_SOFTMAX
                 and type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and len(y) == len(x)
                 and len(x) > 0 and all(p.data.flags.c_contiguous and p.data.flags.writeable for p in self.params))
 
