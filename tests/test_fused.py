@@ -296,3 +296,20 @@ def test_a_wide_tanh_layer_runs_the_replayed_plan():
     assert isinstance(runner, FusedDenseStep) and runner.forward_kernel is None  # recognised, never run
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7)
+
+
+def test_numba_is_imported_only_for_a_step_it_can_run():
+    """numba and llvmlite weigh ~60 MB of memory: a convolutional step, which the kernels do not cover, never
+    imports them (a fresh interpreter: this one may have imported numba already)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, backprop as bp
+model = bp.nn.Sequential(bp.nn.Conv2d(1, 2, 3), bp.nn.ReLU(), bp.nn.Flatten(), bp.nn.Linear(8, 3))
+x, y = np.zeros((4, 1, 4, 4), np.float32), np.array([0, 1, 2, 0])
+bp.fit(model, x, y, epochs=1, batch_size=2, verbose=0)
+print("numba" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -91,10 +91,10 @@ UPDATED, FORMED, NONFINITE = 0, 1, 2  # what the backward kernel did
 def fuse_dense_step(plan: Plan) -> FusedDenseStep | None:
     """The plan's step as compiled kernels, or None when it is not a dense step (see the module docstring),
     numba is not installed, NumPy's OpenBLAS cannot be called, or ``BACKPROP_NUMBA=0``."""
-    if os.environ.get("BACKPROP_NUMBA", "1") == "0" or not available("numba"):
+    if os.environ.get("BACKPROP_NUMBA", "1") == "0":
         return None
     found = _match_jitted(plan) if len(plan.segments) == 1 else _match_fit(plan)
-    if found is None:
+    if found is None or not available("numba"):  # NOTE: numba (60 MB) is imported only for a step it can run
         return None
     step = FusedDenseStep(plan, *found)
     return step if step.ok else None
@@ -104,10 +104,10 @@ def fuse_dense_step(plan: Plan) -> FusedDenseStep | None:
 def dense_forward(code: Sequence[tuple]) -> bool:
     """True when a recorded forward (``fit``'s segment 0) is the chain the kernels compute, and they can run
     here: ``fit`` then records the backward at once (see :class:`~backprop.training.jit.CapturedStep`)."""
-    if os.environ.get("BACKPROP_NUMBA", "1") == "0" or not available("numba"):
+    if os.environ.get("BACKPROP_NUMBA", "1") == "0":
         return False
     found = _chain(code, {}, {})
-    return found is not None and not found[5]
+    return found is not None and not found[5] and available("numba")
 
 
 def _chain(code: Sequence[tuple], inputs: dict[int, int], leaves: dict[int, Any]) -> tuple | None:
