@@ -313,3 +313,35 @@ print("numba" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@needs_numba
+@pytest.mark.parametrize("writable", [True, False])
+def test_the_kernels_are_kept_in_the_cache_folder_where_it_can_be_written(tmp_path, writable):
+    """The generated kernels go to $BACKPROP_CACHE/kernels with numba's machine code beside them (a later
+    process loads them instead of compiling); where that folder cannot be made, they compile in memory."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, backprop as bp
+bp.manual_seed(0)
+model = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 3))
+x, y = np.random.default_rng(0).random((32, 4)).astype(np.float32), np.arange(32) % 3
+h = bp.fit(model, x, y, epochs=3, batch_size=8, verbose=0, seed=0)
+print(repr(h.history["loss"][-1]))
+"""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    root = tmp_path / "cache" if writable else blocker  # NOTE: a file where the folder should be
+    env = {**os.environ, "BACKPROP_CACHE": str(root)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+            for _ in range(2)]
+    assert runs[0].stdout == runs[1].stdout  # the cached kernels compute what the compiled ones did
+    kernels = root / "kernels"
+    if writable:
+        assert len(list(kernels.glob("backprop_kernels_*.py"))) == 1
+        assert list((kernels / "__pycache__").glob("*.nbc"))  # numba's machine code
+    else:
+        assert not kernels.exists()

@@ -107,6 +107,14 @@ def _set_threads(n: int) -> int:
     return old
 
 
+def gemm_symbols() -> dict[np.dtype, tuple[str, str, bool]]:
+    """dtype -> (the library holding NumPy's OpenBLAS, its ``cblas_?gemm``'s name, whether it takes 64-bit
+    integers): what a compiler needs to call it by name."""
+    t = _openblas()
+    wide = t.int_type is ctypes.c_int64
+    return {dtype: (path, name, wide) for dtype, (path, name) in t.symbols.items()}
+
+
 def gemm_by_address(dtype: Any) -> Any:
     """NumPy's OpenBLAS ``cblas_?gemm`` for ``dtype`` as a fresh ctypes function whose array arguments are
     addresses (integers, ``arr.ctypes.data``): the form numba can call from compiled code. None where that
