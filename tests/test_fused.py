@@ -227,6 +227,14 @@ def test_a_gradient_that_may_overflow_moves_nothing_and_is_formed():
     runner.run(1, np.float32(1.0))
     assert runner.checked and runner.complete
     assert any(not np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+    opt.param_groups[0]["momentum"] = 0.9  # checked, formed, left to the optimizer: no second exact check
+    moved = [p.data.copy() for p in model.parameters()]
+    runner.run(0, x, y)
+    runner.run(1, np.float32(1.0))
+    assert runner.checked and not runner.complete
+    for b, p in zip(moved, model.parameters()):
+        np.testing.assert_array_equal(b, p.data)
+        assert type(bp.nn.module.raw_grad(p)) is np.ndarray
 
 
 def test_steps_other_than_the_classic_one_are_not_matched():

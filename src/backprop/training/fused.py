@@ -230,7 +230,7 @@ class FusedDenseStep:
         self.classes = self.layers[-1][0].data.shape[0]
         self._curved = sum(w.data.shape[0] for w, _, act in self.layers if act in ("tanh", "sigmoid"))
         self.optimizer, self.groups = None, []
-        self.fold, self.check_finite, self._covers = True, False, False
+        self.fold, self.check_finite, self._covers, self.direct = True, False, False, True
         self.checked = self.complete = False
         self.fallback_update: Any = None  # the plan's own folded update (fuse_sgd), when the plan runs
         self._saved: tuple | None = None  # the forward's arrays, for segment 1
@@ -247,6 +247,7 @@ class FusedDenseStep:
         must be found finite first (``check_finite``: else nothing moves and the gradients are formed)."""
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.optimizer, self.groups = optimizer, [group_of.get(id(p)) for p in self.params]
+        self.direct = fold  # NOTE: nothing between the gradients and optimizer.step() (no clipping, one process)
         self.fold = fold and type(optimizer) is SGD and None not in self.groups
         self.check_finite = check_finite
         mine = {id(p) for p in self.params}
@@ -347,7 +348,10 @@ class FusedDenseStep:
                 _set_grad(w, weight_grad(g, a))
                 if b is not None:
                     _set_grad(b, gb)
-        self.checked = status == UPDATED or (status == FORMED and not self.check_finite)
+        # NOTE: FORMED too, when nothing else stands between the gradients and the optimizer (fit's step may
+        # then skip its exact check: the kernel checked the factors); with clipping or data parallelism the
+        # step's own apply_gradients runs (it clips, the other checks)
+        self.checked = status == UPDATED or (status == FORMED and self.direct)
         self.complete = status == UPDATED and self._covers
         return status
 
