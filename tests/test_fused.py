@@ -4,6 +4,8 @@ Every test that runs the kernel needs numba (the ``numba`` extra) and is skipped
 check when the kernel is *not* used run anyway.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ def _net(bias=True, dtype=np.float32, sizes=(5, 7, 6, 4, 3), acts=("relu", "tanh
     bp.manual_seed(0)
     kinds = {"relu": bp.nn.ReLU, "tanh": bp.nn.Tanh, "sigmoid": bp.nn.Sigmoid}
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(bp.nn.Linear(a, b, bias=bias))
         if i < len(sizes) - 2:
             layers.append(kinds[acts[i % len(acts)]]())

@@ -32,21 +32,13 @@ equal the eager step's within float32 rounding, not to the bit. Anything else (o
 weights, label smoothing, float16) runs the replayed plan. ``BACKPROP_NUMBA=0`` in the environment turns
 it off.
 
->>> import numpy as np, backprop as bp
->>> _ = bp.manual_seed(0)
->>> model = bp.nn.Sequential(bp.nn.Linear(4, 8), bp.nn.ReLU(), bp.nn.Linear(8, 3))
->>> opt = bp.optim.SGD(model.parameters(), lr=0.1)
->>> @bp.jit
-... def train_step(x, y):
-...     opt.zero_grad()
-...     loss = bp.nn.functional.cross_entropy(model(bp.Tensor(x)), y)
-...     loss.backward()
-...     opt.step()
-...     return loss
->>> x, y = np.ones((2, 4), dtype=np.float32), np.array([0, 2])
->>> first, second = float(train_step(x, y).data), float(train_step(x, y).data)
->>> second < first and model[0].weight.grad.shape == (8, 4)
-True
+The kernels a 4-8-3 network's step gets (whether numba is installed or not, the source is the same):
+
+>>> source = _source([(True, "relu"), (True, None)])
+>>> print(source.splitlines()[0])
+def forward(x, y, consts, chunks, loss, logits, probs, a1, W0, b0, W1, b1):
+>>> [line.strip() for line in source.splitlines() if "gemm(" in line][:1]
+['gemm(ROW, NT, T, min(c, n - s), o, m, one, a0.ctypes.data + s * m * size, m, W0.ctypes.data, m, zero, z.ctypes.data + s * o * size, o)']
 """
 
 from __future__ import annotations
@@ -62,8 +54,17 @@ from typing import Any
 
 import numpy as np
 
-from backprop.engine.blas import (NO_TRANS, ROW_MAJOR, SMALL_BATCH, TRANS, _rows_per_call, gemm_by_address,
-                                  gemm_symbols as _openblas_symbols, set_blas_threads, weight_grad)
+from backprop.engine.blas import (
+    NO_TRANS,
+    ROW_MAJOR,
+    SMALL_BATCH,
+    TRANS,
+    _rows_per_call,
+    gemm_by_address,
+    set_blas_threads,
+    weight_grad,
+)
+from backprop.engine.blas import gemm_symbols as _openblas_symbols
 from backprop.engine.capture import Plan
 from backprop.engine.ops import ReLU, Sigmoid, Tanh
 from backprop.engine.tensor import Tensor
@@ -299,9 +300,9 @@ class FusedDenseStep:
             return self.plan.run(segment, *inputs)
         self._saved = (x, acts, probs, y, consts)
         out = {"loss": loss.reshape(()), "logits": logits}
-        if self.zero is not None:  # bp.jit: the recorded opt.step() is what updates when the kernel did not
-            if self._backward(1.0) != UPDATED:
-                _SGD_STEP(self.optimizer)
+        # bp.jit's whole step: the recorded opt.step() is what updates when the kernel did not
+        if self.zero is not None and self._backward(1.0) != UPDATED:
+            _SGD_STEP(self.optimizer)
         return [out[r] for r in self.roles]
 
     def _chunks(self, n: int) -> np.ndarray:
@@ -397,14 +398,14 @@ def _source(layers: list[tuple[bool, str | None]]) -> str:
     head = ["    n = x.shape[0]", "    zero, one, nf, seed, big = consts[0], consts[1], consts[2], consts[3], consts[4]",
             "    a0 = x", "    size = x.itemsize"]
     F = [f"def forward(x, y, consts, chunks, loss, logits, probs, {acts}{params}):", *head,
-         f"    for i in range(n):",
+         "    for i in range(n):",
          f"        if y[i] < 0 or y[i] >= W{k - 1}.shape[0]:",
          "            return False"]
     for i, (has_b, act) in enumerate(layers):
         bias = f"b{i}[j]" if has_b else "zero"
-        rows = [f"        for s in range(0, n, c):",  # a few rows a call (chunks[2i] of them), or all at once
-                f"            gemm(ROW, NT, T, min(c, n - s), o, m, one, a{i}.ctypes.data + s * m * size, m, "
-                f"W{i}.ctypes.data, m, zero, {{z}}.ctypes.data + s * o * size, o)"]
+        rows = ["        for s in range(0, n, c):",  # a few rows a call (chunks[2i] of them), or all at once
+                (f"            gemm(ROW, NT, T, min(c, n - s), o, m, one, a{i}.ctypes.data + s * m * size, m, "
+                 f"W{i}.ctypes.data, m, zero, {{z}}.ctypes.data + s * o * size, o)")]
         if i < k - 1:  # (n, out) = a W^T by rows, or (out, n) = W a^T; then a_{i+1}[r, j] = act(z + b[j])
             F += [f"    o, m = W{i}.shape",
                   f"    c = chunks[{2 * i}]",
@@ -445,7 +446,7 @@ def _source(layers: list[tuple[bool, str | None]]) -> str:
                   "    return True"]
     B = [f"def backward(x, y, consts, chunks, probs, {acts}{grads}, {params}, lrs, fold, check):", *head,
          # the gradient of the logits: (softmax - onehot) * (seed / n), the op's own arithmetic
-         f"    scale = seed / nf",
+         "    scale = seed / nf",
          f"    g = g{k - 1}",
          "    for i in range(n):",
          "        for j in range(probs.shape[1]):",
@@ -461,8 +462,8 @@ def _source(layers: list[tuple[bool, str | None]]) -> str:
             B += [f"    o, m = W{i}.shape",  # the previous activation
                   f"    c = chunks[{2 * i + 1}] or n",
                   "    for s in range(0, n, c):",
-                  f"        gemm(ROW, NT, NT, min(c, n - s), m, o, one, g{i}.ctypes.data + s * o * size, o, "
-                  f"W{i}.ctypes.data, m, zero, g{i - 1}.ctypes.data + s * m * size, m)",
+                  (f"        gemm(ROW, NT, NT, min(c, n - s), m, o, one, g{i}.ctypes.data + s * o * size, o, "
+                   f"W{i}.ctypes.data, m, zero, g{i - 1}.ctypes.data + s * m * size, m)"),
                   "    for r in range(n):",
                   "        for j in range(m):",
                   f"            d, a = g{i - 1}[r, j], a{i}[r, j]",
@@ -568,7 +569,7 @@ def _module(source: str, dtype: np.dtype) -> Any:
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def external_gemm(dtype: str) -> Any:
     """NumPy's OpenBLAS ``cblas_?gemm`` as a numba external function, resolved by its name when the machine
     code is loaded (so numba can cache functions that call it, where a ctypes pointer would be baked in);

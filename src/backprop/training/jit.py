@@ -355,8 +355,8 @@ class CapturedStep:
 
     def _capture_dense(self, cap: Capture, key: Any, batch: Batch, out: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
         """A dense network's step (:mod:`backprop.training.fused`): its backward is recorded at once (this is
-        the step's own backward: without data parallelism it is seeded with 1), and if it compiles, this step already runs the
-        kernels, so that every step of a run (and of a resumed run) computes the same way."""
+        the step's own backward: without data parallelism it is seeded with 1), and if the kernels apply,
+        this step already runs them, so that every step of a run (and of a resumed run) computes alike."""
         self._done = loss
         if not self._record_backward(cap, key, loss, np.asarray(1.0, dtype=loss.dtype)):
             return out, loss
@@ -455,14 +455,14 @@ def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
 def _thread_policy(plan: Plan) -> None:
     """A step whose products are all small (Linear layers on fewer than ``SMALL_BATCH`` rows, no
     convolution) runs its BLAS on one thread: measured here, two threads are slower on such products
-    (they mostly wait for each other), for NumPy, JAX and backprop alike. Larger steps keep the BLAS's
-    own choice (all the threads it is allowed)."""
+    (they mostly wait for each other), for NumPy, JAX and backprop alike. A step with convolutions too:
+    their loops over images use the threads instead (:mod:`backprop.engine.parallel`, which the plan tells
+    how many the BLAS was allowed). Other steps keep the BLAS's own choice (all the threads it is allowed)."""
     ops = [i for code, _ in plan.segments for i in code if i[0] == "op"]
     linear = [i for i in ops if i[1] is Linear]
     conv = any(i[1] in (Conv1dFn, Conv2dFn) for i in ops)
-    if linear and not conv and all(math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear):
-        plan.single_threaded()
-    elif conv:  # NOTE: the convolutions split their images over threads of our own (engine/parallel.py) instead
+    small = bool(linear) and all(math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear)
+    if small or conv:  # NOTE: with convolutions, their loops over images use the threads (engine/parallel.py)
         plan.single_threaded()
 
 
@@ -542,7 +542,7 @@ def fuse_sgd(plan: Plan, segment: int, optimizer: Any, check_finite: bool = Fals
 class _FoldedLayer:
     """A Linear layer whose plain-SGD update is folded: its weight and bias, and their parameter groups."""
 
-    __slots__ = ("w", "b", "group", "bgroup", "w_data", "w_address")
+    __slots__ = ("b", "bgroup", "group", "w")
 
     def __init__(self, w: Parameter, b: Parameter | None, group: dict[str, Any], bgroup: dict[str, Any] | None) -> None:
         self.w, self.b, self.group, self.bgroup = w, b, group, bgroup
