@@ -5,6 +5,7 @@ check when the kernel is *not* used run anyway.
 """
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from backprop.training import fused
 from backprop.training.fused import FusedDenseStep
 
 F = bp.nn.functional
-needs_numba = pytest.mark.skipif(not bp.extras.available("numba"), reason="numba is not installed")
+needs_numba = pytest.mark.skipif(not bp.extras.available("numba") or os.environ.get("BACKPROP_NUMBA") == "0",
+                                 reason="numba is not installed, or BACKPROP_NUMBA=0 turns the kernels off")
 
 
 def _net(bias=True, dtype=np.float32, sizes=(5, 7, 6, 4, 3), acts=("relu", "tanh", "sigmoid")):
@@ -330,7 +332,6 @@ print("numba" in sys.modules)
 def test_the_kernels_are_kept_in_the_cache_folder_where_it_can_be_written(tmp_path, writable):
     """The generated kernels go to $BACKPROP_CACHE/kernels with numba's machine code beside them (a later
     process loads them instead of compiling); where that folder cannot be made, they compile in memory."""
-    import os
     import subprocess
     import sys
 
