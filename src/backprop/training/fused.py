@@ -236,6 +236,8 @@ class FusedDenseStep:
         self.fallback_update: Any = None  # the plan's own folded update (fuse_sgd), when the plan runs
         self._saved: tuple | None = None  # the forward's arrays, for segment 1
         self._chunk_cache: dict[int, np.ndarray] = {}
+        self._consts: dict[int, np.ndarray] = {}
+        self._known: list[np.ndarray] = []  # the parameters' arrays last found laid out for the kernels
         self._one_thread = plan._one_thread
         self._threads = set_blas_threads()
         self.source_text = _source([(b is not None, act) for _, b, act in self.layers])
@@ -258,11 +260,22 @@ class FusedDenseStep:
         """The generated numba source (what each call runs)."""
         return self.source_text
 
-    def _applies(self, x: Any, y: Any) -> bool:
+    def _applies(self, x: Any, y: Any, datas: list[np.ndarray]) -> bool:
         return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == self.dtype and x.flags.c_contiguous
                 and len(x) * self._curved <= MAX_CURVED and len(x) * self.classes <= MAX_SOFTMAX
                 and type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and len(y) == len(x)
-                and len(x) > 0 and all(p.data.flags.c_contiguous and p.data.flags.writeable for p in self.params))
+                and len(x) > 0 and self._laid_out(datas))
+
+    def _laid_out(self, datas: list[np.ndarray]) -> bool:
+        """The parameters' arrays are C-contiguous and writable (the kernels address them as such). NOTE:
+        checked again only when one of them is another array than last time (updates are in place)."""
+        known = self._known
+        if len(known) == len(datas) and all([a is b for a, b in zip(datas, known)]):
+            return True
+        if all([d.flags.c_contiguous and d.flags.writeable for d in datas]):
+            self._known = datas
+            return True
+        return False
 
     def _plain(self) -> bool:
         return self.fold and all(not g["momentum"] and not g["weight_decay"] and not g["maximize"]
@@ -279,7 +292,8 @@ class FusedDenseStep:
             return []
         self._saved = None
         x, y = inputs[self.x_index], inputs[self.y_index]
-        if not self._applies(x, y):
+        datas = [p.data for p in self.params]
+        if not self._applies(x, y, datas):
             return self.plan.run(segment, *inputs)
         if self.forward_kernel is None:
             self.forward_kernel, self.backward_kernel = _compile(self.source_text, self.dtype)
@@ -289,11 +303,12 @@ class FusedDenseStep:
         acts = [np.empty((n, w.data.shape[0]), dtype=dt) for w, _, _ in self.layers[:-1]]
         logits, probs = np.empty((n, self.classes), dtype=dt), np.empty((n, self.classes), dtype=dt)
         loss = np.empty(1, dtype=dt)
-        consts = np.array((0, 1, n, 0, np.finfo(dt).max), dtype=dt)
+        consts = self._consts.get(n)
+        if consts is None:  # NOTE: one per batch size; its seed entry is set by each backward
+            consts = self._consts[n] = np.array((0, 1, n, 0, np.finfo(dt).max), dtype=dt)
         restore = self._single_thread()
         try:
-            ok = self.forward_kernel(x, y, consts, self._chunks(n), loss, logits, probs, *acts,
-                                     *[p.data for p in self.params])
+            ok = self.forward_kernel(x, y, consts, self._chunks(n), loss, logits, probs, *acts, *datas)
         finally:
             restore()
         if not ok:  # a target out of range: the plan raises the op's own error
@@ -320,7 +335,8 @@ class FusedDenseStep:
     def _single_thread(self) -> Callable[[], Any]:
         if self._one_thread and self._threads is not None:
             n = self._threads(1)
-            return functools.partial(self._threads, n)
+            if n != 1:
+                return functools.partial(self._threads, n)
         return _nothing
 
     def _backward(self, seed: float) -> int:
@@ -330,7 +346,7 @@ class FusedDenseStep:
         dt = self.dtype
         n = len(x)
         grads = [np.empty((n, w.data.shape[0]), dtype=dt) for w, _, _ in self.layers]
-        bias_grads = [np.zeros(w.data.shape[0], dtype=dt) for w, _, _ in self.layers]
+        bias_grads = [np.empty(w.data.shape[0], dtype=dt) for w, _, _ in self.layers]  # NOTE: zeroed by the kernel
         fold = self._plain()
         lrs = np.array([float(g["lr"]) for g in self.groups] if fold else [0.0] * len(self.params), dtype=dt)
         restore = self._single_thread()
@@ -457,7 +473,8 @@ def _source(layers: list[tuple[bool, str | None]]) -> str:
     for i in range(k - 1, -1, -1):
         has_b = layers[i][0]
         if has_b:
-            B += ["    for r in range(n):", f"        for j in range(g{i}.shape[1]):", f"            gb{i}[j] += g{i}[r, j]"]
+            B += [f"    for j in range(g{i}.shape[1]):", f"        gb{i}[j] = zero",
+                  "    for r in range(n):", f"        for j in range(g{i}.shape[1]):", f"            gb{i}[j] += g{i}[r, j]"]
         if i:  # the gradient of the layer's input, (n, in) = g W (a few rows a call, or all), then through
             B += [f"    o, m = W{i}.shape",  # the previous activation
                   f"    c = chunks[{2 * i + 1}] or n",
