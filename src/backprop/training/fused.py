@@ -270,9 +270,9 @@ class FusedDenseStep:
         """The parameters' arrays are C-contiguous and writable (the kernels address them as such). NOTE:
         checked again only when one of them is another array than last time (updates are in place)."""
         known = self._known
-        if len(known) == len(datas) and all([a is b for a, b in zip(datas, known)]):
+        if len(known) == len(datas) and all(a is b for a, b in zip(datas, known)):
             return True
-        if all([d.flags.c_contiguous and d.flags.writeable for d in datas]):
+        if all(d.flags.c_contiguous and d.flags.writeable for d in datas):
             self._known = datas
             return True
         return False
