@@ -14,8 +14,9 @@ plan of the classic step, written by hand for ``bp.jit``
     opt.step()
     return loss                                       # or (logits, loss), in either order
 
-or made by ``fit`` (and the scikit-learn estimators) for such a model with ``loss="cross_entropy"``, and
-runs it as two numba functions generated for the architecture and compiled on first use (~1-2 s): the
+or made by ``fit`` for such a model with ``loss="cross_entropy"`` and no sample weights, and
+runs it as two numba functions generated for the architecture and compiled on first use (~2 s, then
+kept on disk: :func:`_compile`): the
 forward (every product one ``cblas_?gemm`` call into NumPy's own OpenBLAS, the bias and activation in the
 same loop that reads the product, the softmax cross-entropy) and the backward with the update (the
 gradient through each activation in the loop after its product; plain SGD's update of each weight folded
