@@ -6,6 +6,7 @@ check when the kernel is *not* used run anyway.
 
 import itertools
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -356,3 +357,24 @@ print(repr(h.history["loss"][-1]))
         assert list((kernels / "__pycache__").glob("*.nbc"))  # numba's machine code
     else:
         assert not kernels.exists()
+
+
+@needs_numba
+def test_kernels_that_fail_to_compile_leave_the_replayed_plan_with_one_warning(monkeypatch):
+    def fails(source, dtype):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fused, "_compile", fails)
+    models = [_net(), _net()]
+    opts = [bp.optim.SGD(m.parameters(), lr=0.2) for m in models]
+    eager, jitted = _step(models[0], opts[0]), bp.jit(_step(models[1], opts[1]))
+    x, y = _data(6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            eager(x, y), jitted(x, y)
+    messages = [str(w.message) for w in caught if "could not be compiled" in str(w.message)]
+    assert len(messages) == 1 and "replayed plan runs instead" in messages[0]
+    assert _runner(jitted).broken
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-6, atol=1e-7)

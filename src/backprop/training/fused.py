@@ -49,6 +49,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,7 @@ class FusedDenseStep:
         self._threads = set_blas_threads()
         self.source_text = _source([(b is not None, act) for _, b, act in self.layers])
         self.forward_kernel = self.backward_kernel = None
+        self.broken = False  # the kernels failed to compile: the plan runs
         if opt is not None:
             self.bind(opt)
 
@@ -294,10 +296,17 @@ class FusedDenseStep:
         self._saved = None
         x, y = inputs[self.x_index], inputs[self.y_index]
         datas = [p.data for p in self.params]
-        if not self._applies(x, y, datas):
+        if self.broken or not self._applies(x, y, datas):
             return self.plan.run(segment, *inputs)
         if self.forward_kernel is None:
-            self.forward_kernel, self.backward_kernel = _compile(self.source_text, self.dtype)
+            try:
+                self.forward_kernel, self.backward_kernel = _compile(self.source_text, self.dtype)
+            except Exception as e:  # noqa: BLE001 - numba's errors are many; the plan computes the same step
+                self.broken = True
+                warnings.warn(f"backprop: the dense step's numba kernels could not be compiled ({type(e).__name__}: "
+                              f"{e}); the replayed plan runs instead (BACKPROP_NUMBA=0 says so without this "
+                              "warning)", RuntimeWarning, stacklevel=2)
+                return self.plan.run(segment, *inputs)
         if self.zero is not None:  # bp.jit's step: zero_grad, forward, backward, step
             _ZERO_GRAD(*self.zero[0], **self.zero[1])
         n, dt = len(x), self.dtype
