@@ -109,27 +109,11 @@ def _set_threads(n: int) -> int:
 
 def gemm_symbols() -> dict[np.dtype, tuple[str, str, bool]]:
     """dtype -> (the library holding NumPy's OpenBLAS, its ``cblas_?gemm``'s name, whether it takes 64-bit
-    integers): what a compiler needs to call it by name."""
+    integers): what a compiler needs to call it by name (arguments: order, transA, transB, M, N, K, alpha, A,
+    lda, B, ldb, beta, C, ldc, with CBLAS's :data:`ROW_MAJOR`, :data:`NO_TRANS`, :data:`TRANS`)."""
     t = _openblas()
     wide = t.int_type is ctypes.c_int64
     return {dtype: (path, name, wide) for dtype, (path, name) in t.symbols.items()}
-
-
-def gemm_by_address(dtype: Any) -> Any:
-    """NumPy's OpenBLAS ``cblas_?gemm`` for ``dtype`` as a fresh ctypes function whose array arguments are
-    addresses (integers, ``arr.ctypes.data``): the form numba can call from compiled code. None where that
-    OpenBLAS cannot be found. Arguments: order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-    (CBLAS's; :data:`ROW_MAJOR`, :data:`NO_TRANS`, :data:`TRANS`)."""
-    t = _openblas()
-    found = t.symbols.get(np.dtype(dtype))
-    if found is None:
-        return None
-    fn = getattr(ctypes.CDLL(found[0]), found[1])
-    i, addr = t.int_type, ctypes.c_size_t  # NOTE: an address is passed as size_t (the same register as a pointer)
-    real = ctypes.c_float if np.dtype(dtype) == np.float32 else ctypes.c_double
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, real, addr, i, addr, i, real, addr, i]
-    fn.restype = None
-    return fn
 
 
 def blas_threads() -> int | None:
@@ -191,7 +175,7 @@ def input_grad(g: np.ndarray, w: np.ndarray) -> np.ndarray:
     return g @ w
 
 
-ROW_MAJOR, NO_TRANS, TRANS = _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums
 
 
 def _address(a: np.ndarray) -> int:
@@ -221,7 +205,7 @@ def gemm_update(w: np.ndarray, g: np.ndarray, x: np.ndarray, alpha: float) -> No
         w += alpha * (g.T @ x)
         return
     b, out, inp = g.shape[0], w.shape[0], w.shape[1]
-    _short(fn, b, out * inp, _ROW_MAJOR, _TRANS, _NO_TRANS, out, inp, b, alpha, _address(g), out, _address(x),
+    _short(fn, b, out * inp, ROW_MAJOR, TRANS, NO_TRANS, out, inp, b, alpha, _address(g), out, _address(x),
            inp, 1.0, _address(w), inp)
 
 

@@ -26,11 +26,13 @@ What a layer declares about itself is a class attribute, so no other file keeps 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
+from backprop.engine.blas import weight_grad
 from backprop.engine.function import replayable
 from backprop.engine.tensor import Tensor
 from backprop.nn.contract import NotExportable, OnnxGraph, not_saveable
@@ -51,6 +53,28 @@ class LazyGrad:
 
     def __init__(self, form: Any) -> None:
         self.form = form
+
+
+def set_linear_grads(w: Tensor, b: Tensor | None, g: np.ndarray, x: np.ndarray, gb: np.ndarray | None,
+                     applied: bool) -> None:
+    """The ``.grad`` of a Linear layer's weight (``g^T x``: output gradients g (B, out), inputs x (B, in)) and
+    bias (``gb``) after a step that computed them its own way (a folded SGD update, compiled kernels).
+
+    ``applied``: the update was made already: each ``.grad`` is a :class:`LazyGrad` (the weight's product is
+    formed only if read), which the optimizer skips; else the gradients themselves, for the optimizer.
+    """
+    if applied:
+        _GRAD.__set__(w, LazyGrad(functools.partial(weight_grad, g, x)))
+        if b is not None:
+            _GRAD.__set__(b, LazyGrad(functools.partial(_formed, gb)))
+    else:
+        _GRAD.__set__(w, weight_grad(g, x))
+        if b is not None:
+            _GRAD.__set__(b, gb)
+
+
+def _formed(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 def raw_grad(t: Tensor) -> Any:

@@ -62,18 +62,15 @@ from backprop.engine.blas import (
     SMALL_BATCH,
     TRANS,
     _rows_per_call,
-    gemm_by_address,
     set_blas_threads,
-    weight_grad,
 )
 from backprop.engine.blas import gemm_symbols as _openblas_symbols
 from backprop.engine.capture import Plan
 from backprop.engine.ops import ReLU, Sigmoid, Tanh
-from backprop.engine.tensor import Tensor
 from backprop.extras import available
 from backprop.nn.functional import Linear
 from backprop.nn.losses import CrossEntropy
-from backprop.nn.module import LazyGrad, Parameter
+from backprop.nn.module import Parameter, set_linear_grads
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 
@@ -90,7 +87,6 @@ MAX_CURVED = 1024
 MAX_SOFTMAX = 65_536
 _ZERO_GRAD = Optimizer.__dict__["zero_grad"].__replayable__
 _SGD_STEP = SGD.__dict__["step"].__replayable__
-_set_grad = Tensor.__dict__["grad"].__set__  # NOTE: the slot itself: a Parameter's .grad setter is a property
 _kernels: dict[tuple[str, str], Any] = {}  # (generated source, dtype) -> compiled numba function
 UPDATED, FORMED, NONFINITE = 0, 1, 2  # what the backward kernel did
 
@@ -229,7 +225,7 @@ class FusedDenseStep:
         self.ok = (self.dtype in (np.dtype(np.float32), np.dtype(np.float64)) and self.layers[-1][2] is None
                    and len({id(p) for p in self.params}) == len(self.params)
                    and all(isinstance(p, Parameter) and p.requires_grad for p in self.params)
-                   and gemm_by_address(self.dtype or np.float32) is not None)
+                   and self.dtype in _openblas_symbols())
         self.classes = self.layers[-1][0].data.shape[0]
         self._curved = sum(w.data.shape[0] for w, _, act in self.layers if act in ("tanh", "sigmoid"))
         self.optimizer, self.groups = None, []
@@ -367,14 +363,8 @@ class FusedDenseStep:
             restore()
         inputs = [x, *acts]
         for (w, b, _), g, a, gb in zip(self.layers, grads, inputs, bias_grads):
-            if status == UPDATED:  # NOTE: done: formed only if read, and the optimizer skips it
-                _set_grad(w, LazyGrad(functools.partial(weight_grad, g, a)))
-                if b is not None:
-                    _set_grad(b, LazyGrad(functools.partial(_same, gb)))
-            else:  # the optimizer updates (or the step's own check finds what is not finite)
-                _set_grad(w, weight_grad(g, a))
-                if b is not None:
-                    _set_grad(b, gb)
+            # NOTE: not UPDATED: the optimizer updates (or the step's own check finds what is not finite)
+            set_linear_grads(w, b, g, a, gb, applied=status == UPDATED)
         # NOTE: FORMED too, when nothing else stands between the gradients and the optimizer (fit's step may
         # then skip its exact check: the kernel checked the factors); with clipping or data parallelism the
         # step's own apply_gradients runs (it clips, the other checks)
@@ -385,10 +375,6 @@ class FusedDenseStep:
 
 def _nothing() -> None:
     return None
-
-
-def _same(a: np.ndarray) -> np.ndarray:
-    return a
 
 
 # ------------------------------------------------------------------------------------------- the kernels
@@ -536,7 +522,7 @@ def _compile(source: str, dtype: np.dtype) -> tuple[Any, Any]:
         else:
             import math
 
-            namespace: dict[str, Any] = {"np": np, "math": math, "gemm": gemm_by_address(dtype),
+            namespace: dict[str, Any] = {"np": np, "math": math, "gemm": external_gemm(dtype.str),
                                          "ROW": ROW_MAJOR, "NT": NO_TRANS, "T": TRANS}
             exec(compile(source, "<backprop fused dense step>", "exec"), namespace)  # noqa: S102 - generated code
             jit = numba.njit(cache=False, **options)
@@ -575,7 +561,7 @@ ROW, NT, T = {row}, {nt}, {t}
 def _module(source: str, dtype: np.dtype) -> Any:
     """The source as a module in the cache folder (written atomically), imported; None where there is none."""
     folder = _cache_dir()
-    if folder is None or external_gemm(dtype.str) is None:
+    if folder is None:
         return None
     text = _HEADER.format(dtype=dtype.str, row=ROW_MAJOR, nt=NO_TRANS, t=TRANS) + source
     name = "backprop_kernels_" + hashlib.sha256(text.encode()).hexdigest()[:20]

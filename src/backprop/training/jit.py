@@ -67,7 +67,7 @@ from backprop.engine.memory import tune_malloc
 from backprop.engine.tensor import Tensor
 from backprop.nn.conv import Conv1dFn, Conv2dFn
 from backprop.nn.functional import Linear
-from backprop.nn.module import LazyGrad, Module, Parameter, raw_grad
+from backprop.nn.module import Module, Parameter, raw_grad, set_linear_grads
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 from backprop.training.fused import FusedDenseStep, dense_forward, fuse_dense_step
@@ -76,7 +76,6 @@ from backprop.training.loop import Batch, Step, _nonfinite_gradient
 __all__ = ["CapturedStep", "Jitted", "captured", "jit"]
 
 _EAGER = "eager"  # a guard under which capture failed: run eagerly
-_set_grad = Tensor.__dict__["grad"].__set__  # NOTE: the slot itself: a Parameter's .grad setter is a property
 
 
 def jit(fn: Callable | None = None, *, fallback: str = "warn") -> Any:
@@ -615,17 +614,13 @@ class _FoldedUpdate:
                 continue
             w, b = layer.w, layer.b
             gemm_update(w.data, g, x, -float(layer.group["lr"]))
-            _set_grad(w, LazyGrad(functools.partial(weight_grad, g, x)))
+            gb = None
             if b is not None:
                 gb = g.sum(axis=0)
                 data = b.data
                 data -= float(layer.bgroup["lr"]) * gb  # NOTE: SGD's own arithmetic, to the bit
-                _set_grad(b, LazyGrad(functools.partial(_same, gb)))
+            set_linear_grads(w, b, g, x, gb, applied=True)
         self.complete = complete
-
-
-def _same(a: np.ndarray) -> np.ndarray:
-    return a
 
 
 def _safe(items: list, others: list[tuple[str, Any]]) -> bool:
