@@ -312,8 +312,9 @@ def test_a_wide_tanh_layer_runs_the_replayed_plan():
 
 
 def test_numba_is_imported_only_for_a_step_it_can_run():
-    """numba and llvmlite weigh ~60 MB of memory: a convolutional step, which the kernels do not cover, never
-    imports them (a fresh interpreter: this one may have imported numba already)."""
+    """numba and llvmlite weigh ~60 MB of memory: a convolutional step too small for the compiled convolution
+    (tests/test_kernels.py) and not a dense step never imports them (a fresh interpreter: this one may have
+    imported numba already)."""
     import subprocess
     import sys
 

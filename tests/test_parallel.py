@@ -16,9 +16,10 @@ def _conv_step(x, w, b, padding, g):
 
 @pytest.mark.parametrize("shape, w_shape, padding", [((64, 1, 28, 28), (6, 1, 5, 5), 2),
                                                       ((48, 6, 14, 14), (16, 6, 5, 5), 0)])
-def test_a_convolution_split_over_two_threads_is_bit_identical(shape, w_shape, padding):
+def test_a_convolution_split_over_two_threads_is_bit_identical(shape, w_shape, padding, monkeypatch):
     """LeNet-5's layers: forward, weight and input gradients with the image loops in two halves (budget 2)
-    and in one (budget 1)."""
+    and in one (budget 1), in NumPy (the compiled loops: tests/test_kernels.py)."""
+    monkeypatch.setenv("BACKPROP_NUMBA", "0")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
@@ -28,9 +29,10 @@ def test_a_convolution_split_over_two_threads_is_bit_identical(shape, w_shape, p
     calls = []
     split = parallel.split
 
-    def counting(n, body, min_per_thread):
-        calls.append(n >= 2 * min_per_thread and parallel.threads() == 2)
-        return split(n, body, min_per_thread)
+    def counting(n, body, min_per_thread, grain=1):
+        mid = parallel.halfway(n, grain)
+        calls.append(min(mid, n - mid) >= min_per_thread and parallel.threads() == 2)
+        return split(n, body, min_per_thread, grain)
 
     results = []
     for limit in (2, 1):
@@ -64,4 +66,17 @@ def test_split_runs_both_halves_and_reraises_the_workers_error():
     with parallel.budget(1):
         seen.clear()
         parallel.split(40, lambda lo, hi: seen.append((lo, hi)), 8)
+        assert seen == [(0, 40)]
+
+
+def test_a_split_in_chunks_cuts_at_a_whole_chunk():
+    """A body that works in chunks of `grain` items from its start makes the same chunks split or not."""
+    assert parallel.halfway(128, 62) == 62 and parallel.halfway(128, 1) == 64 and parallel.halfway(40, 50) == 0
+    seen = []
+    with parallel.budget(2):
+        parallel.split(128, lambda lo, hi: seen.append((lo, hi)), 16, grain=62)
+        if parallel.threads() == 2:
+            assert sorted(seen) == [(0, 62), (62, 128)]
+        seen.clear()
+        parallel.split(40, lambda lo, hi: seen.append((lo, hi)), 8, grain=50)  # no whole chunk to cut at
         assert seen == [(0, 40)]

@@ -83,7 +83,7 @@ _EXTRAS = (
     Extra("tensorboard", ("tensorboard",), ("tensorboard>=2.10",), "TensorBoard logging"),
     Extra("playground", ("starlette", "uvicorn", "websockets"), ("starlette>=0.37", "uvicorn>=0.29", "websockets>=12"),
           "backprop playground"),
-    Extra("numba", ("numba",), ("numba>=0.60",), "the compiled step of small dense networks (bp.jit)"),
+    Extra("numba", ("numba",), ("numba>=0.60",), "compiled kernels: dense steps (bp.jit, fit), convolutions, pooling, ReLU, LSTMs"),
     # NOTE: not in `all`: the mpich wheel ships its own libmpi and mpiexec, which on a cluster would shadow
     # the site's MPI (mpi4py then loads the wheel's library, unaware of the cluster's network and launcher),
     # and it has no Windows build, so `pip install "backprop[all]"` would fail there. Clusters install mpi4py

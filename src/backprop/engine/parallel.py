@@ -12,6 +12,9 @@ most 2, and the CPUs this process may run on: a run limited to one thread never 
 (:mod:`backprop.engine.capture`) that sets the BLAS to one thread for its whole run passes the limit it
 found in :func:`budget`.
 
+With the ``numba`` extra, the convolutions' loops run compiled on numba's threads instead
+(:mod:`backprop.engine.kernels`, :mod:`backprop.nn.conv_kernels`); :func:`halfway` is where both cut a batch.
+
 >>> out = [0] * 40
 >>> def body(lo, hi):
 ...     for i in range(lo, hi):
@@ -31,7 +34,7 @@ from typing import Any
 
 from backprop.engine.blas import blas_threads, set_blas_threads
 
-__all__ = ["budget", "set_budget", "split", "threads"]
+__all__ = ["budget", "halfway", "set_budget", "split", "threads"]
 
 _limit: int | None = None  # the thread limit a captured step found before setting the BLAS to one thread
 
@@ -103,12 +106,19 @@ _worker: _Worker | None = None
 _busy = threading.Lock()  # NOTE: one split at a time; a split from another thread (or nested) runs unsplit
 
 
-def split(n: int, body: Callable[[int, int], None], min_per_thread: int) -> None:
-    """``body(lo, hi)`` over ``[0, n)``: as two halves on two threads when :func:`threads` allows two and each
-    half has ``min_per_thread`` items or more (the BLAS on one thread meanwhile), else as one call.
-    ``body`` must write only what its range owns."""
+def halfway(n: int, grain: int = 1) -> int:
+    """Where :func:`split` cuts ``range(n)``: at ``n // 2`` rounded down to a multiple of ``grain`` (a body
+    working in chunks of ``grain`` items from 0 then makes the same chunks, split or not)."""
+    return n // 2 // grain * grain
+
+
+def split(n: int, body: Callable[[int, int], None], min_per_thread: int, grain: int = 1) -> None:
+    """``body(lo, hi)`` over ``[0, n)``: as two parts cut at :func:`halfway` on two threads when
+    :func:`threads` allows two and each part has ``min_per_thread`` items or more (the BLAS on one thread
+    meanwhile), else as one call. ``body`` must write only what its range owns."""
     global _worker
-    if n < 2 * min_per_thread or threads() < 2 or not _busy.acquire(blocking=False):
+    mid = halfway(n, grain)
+    if min(mid, n - mid) < min_per_thread or threads() < 2 or not _busy.acquire(blocking=False):
         body(0, n)
         return
     try:
@@ -117,7 +127,6 @@ def split(n: int, body: Callable[[int, int], None], min_per_thread: int) -> None
         try:
             if _worker is None:
                 _worker = _Worker()
-            mid = n // 2
             _worker.start(body, mid, n)
             try:
                 body(0, mid)

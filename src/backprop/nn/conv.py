@@ -55,7 +55,13 @@ LeNet-5's layers at batch 128, float32, one thread; "in training" is ms a step w
   (:func:`backprop.engine.parallel.split`), the BLAS on one thread, and a captured step with convolutions
   keeps the BLAS on one thread throughout: each image computed as before, so bit-identical to one thread.
   Measured in isolation: 1.2-1.35x on LeNet-5's layers (copies and products compete for memory and the
-  GIL between NumPy calls); LeNet-5 at batch 128 trained 12.1k -> 13.4k samples/s at 2 threads.
+  GIL between NumPy calls); LeNet-5 at batch 128 trained 12.1k -> 13.4k samples/s at 2 threads;
+* compiled loops (the ``numba`` extra, float32, ungrouped layers of 2^20 multiply-adds or more): the same
+  three loops over images in :mod:`backprop.nn.conv_kernels`, on numba's threads, which start in ~2 us and
+  never need the GIL (a split's worker thread costs ~70 us a round trip on this virtual machine, and the
+  GIL changes hands after every NumPy call). Each image's columns and ``cblas_sgemm`` call are the NumPy
+  loops' own, so the results are the same to the bit. With them (and the compiled 2x2 max pooling and
+  ReLU) LeNet-5 at batch 128 trained at ~24k samples/s at 2 threads instead of ~14.7k.
 
 >>> import backprop as bp
 >>> from backprop.nn.conv import Conv2d
@@ -75,6 +81,9 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+import backprop.nn.conv_kernels as conv_kernels  # noqa: PLR0402 - the module, not the package backprop.nn
+from backprop.engine import kernels as _kernels
+from backprop.engine.blas import set_blas_threads
 from backprop.engine.parallel import split
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
@@ -92,6 +101,34 @@ _WGRAD_TEMP_BYTES = 1 << 24
 # Fewest images a thread takes when a flat-path loop over images is split over two (engine/parallel.py):
 # a split costs ~25-60 us of thread handoff; LeNet-5's layers take ~5-30 us an image.
 _SPLIT_MIN_IMAGES = 16
+
+
+# Fewest multiply-adds (images x outputs x column rows) for the compiled loops: below, a layer takes less
+# than ~50 us, and a process that only runs such layers need not import numba (~0.5 s, 60 MB).
+_COMPILED_MIN_WORK = 1 << 20
+
+
+def _compiled(dt: Any, groups: int, work: int) -> Any:
+    """The flat path's compiled loops (:mod:`backprop.nn.conv_kernels`) where they may run: float32, no
+    groups, ``work`` multiply-adds or more, the ``numba`` extra (:func:`backprop.engine.kernels.enabled`);
+    else None (the NumPy loops, whose results are the same to the bit)."""
+    if groups != 1 or dt != np.float32 or work < _COMPILED_MIN_WORK or not _kernels.enabled(dt) \
+            or not conv_kernels.ready():
+        return None
+    return conv_kernels
+
+
+def _run_parts(kernel: Any, n: int, *args: Any, grain: int = 1) -> None:
+    """``kernel(*args, bounds)`` over a batch of n images, in the parts :func:`split` would run (cut at a
+    multiple of ``grain``), at once; the BLAS on one thread while two parts run."""
+    bounds = _kernels.parallel_bounds(n, _SPLIT_MIN_IMAGES, grain)
+    setter = set_blas_threads() if bounds.size > 2 else None
+    previous = setter(1) if setter is not None else None
+    try:
+        kernel(*args, bounds)
+    finally:
+        if previous is not None:
+            setter(previous)
 
 
 # ------------------------------------------------------------------------------------- argument parsing
@@ -261,9 +298,15 @@ def _flat_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tupl
     wext[:, :, :kg] = w.reshape(groups, og, kg)
     if b is not None:
         wext[:, :, kg] = b.reshape(groups, og)
+    out = np.empty((n, o, oh, ow), dtype=dt)
+    compiled = _compiled(dt, groups, n * o * oh * ow * kb)
+    if compiled is not None:
+        xp = np.ascontiguousarray(xp)
+        _run_parts(compiled.forward, n, xp.reshape(n, xp.shape[1], hp * wp), wext.reshape(o, kb), out, kh, kw,
+                   *dilation, wp, b is not None)
+        return out, xp
     view = _flat_view(xp, groups, kh, kw, dilation, length)
     nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
-    out = np.empty((n, o, oh, ow), dtype=dt)
 
     def images(lo: int, hi: int) -> None:  # NOTE: its own scratch: the two halves of a split run at once
         cols = np.empty((nb, groups, kb, length), dtype=dt)
@@ -300,13 +343,30 @@ def _flat_weight_grad(g: np.ndarray, xp: np.ndarray, w_shape: tuple[int, ...], g
     kb = kg + with_bias
     wp = xp.shape[3]
     length = (oh - 1) * wp + ow
-    view = _flat_view(xp, groups, kh, kw, dilation, length)
-    nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
     # NOTE: g as (L', O/G) per image (a transposing copy) when there are many output channels, else
     # (O/G, L') read transposed by the product: LeNet's layers, per image: (151, 136) @ (136, 16) 7.2 us
     # vs 10.7 us as @ (16, 136)^T; (26, 892) @ (6, 892)^T 5.3 us vs 6.2 us, and a 3x cheaper copy
     by_rows = og >= 16
     per_image = np.empty((n, groups, kb, og), dtype=dt)  # summed once at the end: one call, not one a chunk
+    compiled = _compiled(dt, groups, n * o * oh * ow * kb) if g.dtype == dt and xp.flags.c_contiguous else None
+    if compiled is not None:
+        _run_parts(compiled.weight_grad, n, xp.reshape(n, xp.shape[1], -1), np.ascontiguousarray(g),
+                   per_image.reshape(n, kb, og), kh, kw, *dilation, wp, with_bias, by_rows)
+    else:
+        _flat_weight_grad_numpy(g, xp, per_image, groups, kh, kw, dilation, with_bias, by_rows, length)
+    acc = per_image.sum(axis=0)  # NOTE: the same sum however the images were split
+    gw = acc[:, :kg].transpose(0, 2, 1).reshape(w_shape)
+    return gw, (acc[:, kg].reshape(o) if with_bias else None)
+
+
+def _flat_weight_grad_numpy(g: np.ndarray, xp: np.ndarray, per_image: np.ndarray, groups: int, kh: int, kw: int,
+                            dilation: tuple[int, int], with_bias: bool, by_rows: bool, length: int) -> None:
+    """per_image[n] = image n's columns times g[n] on the flat grid, in NumPy, chunk by chunk."""
+    n, _, oh, ow = g.shape
+    _, _, kb, og = per_image.shape
+    kg, dt, wp = kb - with_bias, per_image.dtype, xp.shape[3]
+    view = _flat_view(xp, groups, kh, kw, dilation, length)
+    nb = _images_per_chunk(n, groups * kb * length * dt.itemsize)
 
     def images(lo: int, hi: int) -> None:  # NOTE: its own scratch: the two halves of a split run at once
         cols = np.empty((nb, groups, kb, length), dtype=dt)
@@ -323,9 +383,6 @@ def _flat_weight_grad(g: np.ndarray, xp: np.ndarray, w_shape: tuple[int, ...], g
             np.matmul(cols[:m], gm[:m], out=per_image[n0:n0 + m])
 
     split(n, images, _SPLIT_MIN_IMAGES)
-    acc = per_image.sum(axis=0)  # NOTE: the same sum however the images were split
-    gw = acc[:, :kg].transpose(0, 2, 1).reshape(w_shape)
-    return gw, (acc[:, kg].reshape(o) if with_bias else None)
 
 
 def _weight_grad(g3: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -471,20 +528,25 @@ def _input_grad_toeplitz(g: np.ndarray, w: np.ndarray, out: np.ndarray, pads: tu
     dh, dw = dilation
     dt = np.result_type(g.dtype, w.dtype)
     nblk, bx = _toeplitz_blocks(wp, kw, dw)
-    blocks = []  # (first, last output-gradient column, the block's band, block index)
+    spans = []  # (first, last output-gradient column, block index) of the blocks some gradient reaches
     for blk in range(nblk):
         x0, x1 = blk * bx, min(wp, (blk + 1) * bx)
         xa, xb = max(0, x0 - (kw - 1) * dw), min(ow, x1)
-        if xa >= xb:
-            continue  # only padding columns: no gradient reaches them
-        t = np.zeros((xb - xa, o, kh, c, bx), dtype=dt)
+        if xa < xb:  # else only padding columns: no gradient reaches them
+            spans.append((xa, xb, blk))
+    width = kh * c * bx
+    bands = np.zeros((len(spans), max(xb - xa for xa, xb, _ in spans) * o, width), dtype=dt)
+    blocks = []  # (first, last output-gradient column, the block's band, block index)
+    for (xa, xb, blk), band in zip(spans, bands):
+        x0, x1 = blk * bx, min(wp, (blk + 1) * bx)
+        t = band[:(xb - xa) * o].reshape(xb - xa, o, kh, c, bx)
         s0, s1, s2, s3, s4 = t.strides
         for j in range(kw):  # the band's diagonal j: t[x - xa, o, i, c, x + j*dw - x0] = W[o, c, i, j]
             lo, hi = max(xa, x0 - j * dw), min(xb, x1 - j * dw)
             if lo < hi:
                 diag = as_strided(t[lo - xa:, :, :, :, lo + j * dw - x0:], (o, kh, c, hi - lo), (s1, s2, s3, s0 + s4))
                 np.copyto(diag, w[:, :, :, j].transpose(0, 2, 1)[..., None])
-        blocks.append((xa, xb, t.reshape((xb - xa) * o, kh * c * bx), blk))
+        blocks.append((xa, xb, t.reshape((xb - xa) * o, width), blk))
     rows = np.empty((n, oh, ow, o), dtype=dt)
     np.copyto(rows, g.transpose(0, 2, 3, 1))
     rows = rows.reshape(n * oh, ow * o)
@@ -500,7 +562,12 @@ def _input_grad_toeplitz(g: np.ndarray, w: np.ndarray, out: np.ndarray, pads: tu
                     dxr[n0:n0 + m, i * dh:i * dh + oh, blk] += p[:, :, i]
                 del p
 
-    split(n, images, _SPLIT_MIN_IMAGES)
+    compiled = _compiled(dt, 1, n * oh * ow * o * c * kh * kw)
+    if compiled is not None:
+        _run_parts(compiled.input_grad_banded, n, rows, bands, np.array(spans, dtype=np.int64), dxr, nb, oh, o, kh,
+                   dh, grain=nb)
+    else:  # NOTE: cut at a whole chunk: the same chunks (the same products, to the bit) split or not
+        split(n, images, _SPLIT_MIN_IMAGES, grain=nb)
     for blk in range(nblk):  # crop the padding, back to (N, C, H, W)
         x0, x1 = max(blk * bx, pl), min((blk + 1) * bx, wp, pl + wd)
         if x0 < x1:

@@ -19,7 +19,9 @@ stores that element's offset in the window (uint8 for kernels up to 16x16), not 
 the first maximal column of each window row and the first row holding the maximum (booleans for 2x2),
 which together name the same element. Padding is -inf for max and 0 for average pooling, as in PyTorch.
 Non-overlapping windows (stride >= kernel, the common 2x2/stride-2 case) write the input gradient
-directly; overlapping ones scatter-add it.
+directly; overlapping ones scatter-add it. With the ``numba`` extra, 2x2 tiles of float32 inputs of 64k
+elements or more run compiled (:mod:`backprop.nn.pooling_kernels`: the same maxima, choices and gradients,
+to the bit), in two parts of the batch at once where two threads are allowed.
 
 >>> import backprop as bp
 >>> from backprop.nn.pooling import MaxPool2d
@@ -35,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+import backprop.nn.pooling_kernels as pooling_kernels  # noqa: PLR0402 - the module, not the package backprop.nn
+from backprop.engine import kernels as _kernels
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import Function, Tensor
 from backprop.nn._common import int_tuple as _ints
@@ -156,8 +160,12 @@ class MaxPool2dFn(Function):
         x4 = _as4d(x)
         self.geo, self.shape, self.dtype = geo, x.shape, x.dtype
         if geo.tiles():  # NOTE: the separable form, see the module docstring
-            best, self.tiled = _tiled_max(x4, geo)
-            self.idx = None
+            compiled = _compiled(x4, geo)
+            if compiled is not None:
+                best, self.tiled = _tiled_max_compiled(compiled, x4, geo)
+            else:
+                best, self.tiled = _tiled_max(x4, geo)
+            self.idx, self.compiled = None, compiled
             return best if x.ndim == 4 else best[0]
         xp = geo.pad(x4, -np.inf)
         offsets = geo.offsets()
@@ -180,7 +188,10 @@ class MaxPool2dFn(Function):
         geo, idx = self.geo, self.idx
         g4 = _as4d(g)
         if idx is None:
-            dx = _tiled_max_grad(g4, *self.tiled, geo, self.dtype)
+            if self.compiled is not None and g4.dtype == self.dtype:
+                dx = _tiled_max_grad_compiled(self.compiled, g4, *self.tiled, geo, self.dtype)
+            else:
+                dx = _tiled_max_grad(g4, *self.tiled, geo, self.dtype)
             return dx if len(self.shape) == 4 else dx[0]
         n, c = idx.shape[:2]
         exact = geo.tiles_exactly()
@@ -275,6 +286,44 @@ def _tiled_max_grad(g4: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | 
     for j in range(1, kw):
         np.multiply(first, cols == j, out=dv[..., j])
     np.multiply(first, cols == 0, out=first)
+    return dx
+
+
+# Fewest images in each of two parts of a compiled pooling kernel run at once (~8 us an image on LeNet-5's
+# first pooling layer; a parallel region starts in ~2 us).
+_PARTS_MIN_IMAGES = 4
+# Fewest input elements for the compiled kernel: below, the NumPy form takes ~20 us or less, and a process
+# that only pools such inputs need not import numba (~0.5 s, 60 MB).
+_COMPILED_MIN_SIZE = 1 << 16
+
+
+def _compiled(x4: np.ndarray, geo: _Geometry) -> Any:
+    """The compiled 2x2 tiled max pooling (:mod:`backprop.nn.pooling_kernels`) where it may run: 2x2 tiles,
+    float32, an input of _COMPILED_MIN_SIZE elements or more, the ``numba`` extra
+    (:func:`backprop.engine.kernels.enabled`); else None (the NumPy form, whose results are the same)."""
+    if geo.kernel != (2, 2) or x4.dtype != np.float32 or x4.size < _COMPILED_MIN_SIZE \
+            or not _kernels.enabled(x4.dtype) or not pooling_kernels.ready():
+        return None
+    return pooling_kernels
+
+
+def _tiled_max_compiled(compiled: Any, x4: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, tuple[Any, Any]]:
+    """:func:`_tiled_max` of 2x2 tiles by the compiled kernel: the same maxima, rows and columns."""
+    n, c = x4.shape[:2]
+    oh, ow = geo.out
+    best = np.empty((n, c, oh, ow), dtype=x4.dtype)
+    rows, cols = np.empty((n, c, oh, ow), dtype=bool), np.empty((n, c, oh, 2, ow), dtype=bool)
+    compiled.max2x2(np.ascontiguousarray(x4), best, rows, cols, _kernels.parallel_bounds(n, _PARTS_MIN_IMAGES))
+    return best, (rows, cols)
+
+
+def _tiled_max_grad_compiled(compiled: Any, g4: np.ndarray, rows: np.ndarray, cols: np.ndarray, geo: _Geometry,
+                             dtype: Any) -> np.ndarray:
+    """:func:`_tiled_max_grad` of 2x2 tiles by the compiled kernel."""
+    n, c = g4.shape[:2]
+    h, w = geo.in_hw
+    dx = np.empty((n, c, h, w), dtype=dtype) if geo.tiles_exactly() else np.zeros((n, c, h, w), dtype=dtype)
+    compiled.max2x2_grad(np.ascontiguousarray(g4), rows, cols, dx, _kernels.parallel_bounds(n, _PARTS_MIN_IMAGES))
     return dx
 
 
