@@ -90,7 +90,8 @@ def test_relu_equals_numpy(monkeypatch):
 
 def test_the_kernels_run_where_they_apply_and_numpy_elsewhere(monkeypatch):
     """float32 ungrouped layers and 2x2 pooling get the kernels; groups, float64, other windows and
-    BACKPROP_NUMBA=0 the NumPy paths; two parts only where two threads are allowed."""
+    BACKPROP_NUMBA=0 the NumPy paths; two parts only under a budget of two threads (a captured step's,
+    which keeps the BLAS on one thread), never in an eager step between other ops' BLAS calls."""
     f32, f64, big = np.dtype(np.float32), np.dtype(np.float64), conv._COMPILED_MIN_WORK
     assert conv._compiled(f32, 1, big) is not None
     assert conv._compiled(f32, 2, big) is None and conv._compiled(f64, 1, big) is None
@@ -106,6 +107,8 @@ def test_the_kernels_run_where_they_apply_and_numpy_elsewhere(monkeypatch):
     monkeypatch.setenv("BACKPROP_NUMBA", "0")
     assert conv._compiled(f32, 1, big) is None and not kernels.enabled()
     monkeypatch.delenv("BACKPROP_NUMBA")
+    assert parallel.budget_limit() is None
+    assert kernels.parallel_bounds(128, 16).tolist() == [0, 128]  # eager: one part (the BLAS may spin)
     with parallel.budget(1):
         assert kernels.parallel_bounds(128, 16).tolist() == [0, 128]
     with parallel.budget(2):

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from backprop.engine.blas import gemm_symbols
-from backprop.engine.parallel import halfway, threads
+from backprop.engine.parallel import budget_limit, halfway, threads
 from backprop.extras import available
 
 __all__ = ["cache_dir", "compile_kernels", "compiles", "enabled", "external_gemm", "parallel_allowed", "parallel_bounds"]
@@ -96,8 +96,18 @@ def parallel_bounds(n: int, min_per_part: int, grain: int = 1) -> np.ndarray:
     return np.array([0, mid, n], dtype=np.int64)
 
 
-def parallel_allowed() -> bool:
-    """Whether a parallel kernel may run two parts at once now (see :func:`parallel_bounds`)."""
+def parallel_allowed(own_blas: bool = False) -> bool:
+    """Whether a parallel kernel may run two parts at once now (see :func:`parallel_bounds`).
+
+    NOTE: numba's threads and OpenBLAS's both spin for a while after their work, waiting for more. An op
+    whose kernels run between the products of other ops (a convolution, pooling, ReLU in an eager step)
+    therefore runs two parts only under an explicit thread budget (:func:`backprop.engine.parallel.budget`),
+    which a captured step sets while it keeps the BLAS on one thread for the whole step: in LeNet-5's eager
+    loop at 2 threads, two parts took 49 ms a step, against 15 ms in one, as the two pools took the cores
+    from each other. An op that runs all of its products inside its kernels, on one BLAS thread
+    (``own_blas``: an LSTM's loops), may use the threads the BLAS is allowed."""
+    if not own_blas and budget_limit() is None:
+        return False
     return threads() >= 2 and _spinning_layer()
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from backprop.engine.blas import blas_threads, set_blas_threads
 
-__all__ = ["budget", "halfway", "set_budget", "split", "threads"]
+__all__ = ["budget", "budget_limit", "halfway", "set_budget", "split", "threads"]
 
 _limit: int | None = None  # the thread limit a captured step found before setting the BLAS to one thread
 
@@ -45,6 +45,11 @@ def set_budget(limit: int | None) -> int | None:
     global _limit
     previous, _limit = _limit, limit
     return previous
+
+
+def budget_limit() -> int | None:
+    """The budget set now (:func:`set_budget`, :func:`budget`), or None: the BLAS's own limit decides."""
+    return _limit
 
 
 @contextlib.contextmanager

@@ -381,7 +381,7 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
     make = np.zeros if lengths is not None else np.empty
     blocks = None
     compiled = mode == "lstm" and _compiled_lstm(dtype, lengths, proj, T * B * G * H)
-    parallel = compiled and kernels.parallel_allowed()
+    parallel = compiled and kernels.parallel_allowed(own_blas=True)
     with _OneBlasThread(B, parallel):
         if mode in ("rnn_tanh", "rnn_relu"):
             _rnn_forward(steps, rev, counts, acts, ext, rows, step_w, mode == "rnn_relu", B)
@@ -635,7 +635,7 @@ def recurrence_backward(s: _Saved, g: np.ndarray, needs: tuple[bool, ...]) -> tu
     # dL/d(pre-activations) (GRU: of W_h h + b_h), up to dscale (the compiled loops keep it to themselves)
     e = make((T, G * H, B), dtype=dtype) if s.blocks is None else None
     t1 = _clock()
-    parallel = s.blocks is not None and kernels.parallel_allowed()
+    parallel = s.blocks is not None and kernels.parallel_allowed(own_blas=True)
     with _OneBlasThread(B, parallel):
         if mode in ("rnn_tanh", "rnn_relu"):
             _rnn_backward(steps, rev, s, g_y, dh, e, step_w)

@@ -68,6 +68,7 @@ from backprop.engine.tensor import Tensor
 from backprop.nn.conv import Conv1dFn, Conv2dFn
 from backprop.nn.functional import Linear
 from backprop.nn.module import Module, Parameter, raw_grad, set_linear_grads
+from backprop.nn.recurrence import Recurrence
 from backprop.optim.optimizer import Optimizer
 from backprop.optim.sgd import SGD
 from backprop.training.fused import FusedDenseStep, dense_forward, fuse_dense_step
@@ -454,14 +455,15 @@ def captured(step: Any, enabled: bool = True, fuse: bool = True) -> Any:
 def _thread_policy(plan: Plan) -> None:
     """A step whose products are all small (Linear layers on fewer than ``SMALL_BATCH`` rows, no
     convolution) runs its BLAS on one thread: measured here, two threads are slower on such products
-    (they mostly wait for each other), for NumPy, JAX and backprop alike. A step with convolutions too:
-    their loops over images use the threads instead (:mod:`backprop.engine.parallel`, which the plan tells
-    how many the BLAS was allowed). Other steps keep the BLAS's own choice (all the threads it is allowed)."""
+    (they mostly wait for each other), for NumPy, JAX and backprop alike. A step with convolutions or
+    recurrent layers too: their loops over images (or blocks of sequences) use the threads instead
+    (:mod:`backprop.engine.parallel`, :mod:`backprop.engine.kernels`, which the plan tells how many the BLAS
+    was allowed). Other steps keep the BLAS's own choice (all the threads it is allowed)."""
     ops = [i for code, _ in plan.segments for i in code if i[0] == "op"]
     linear = [i for i in ops if i[1] is Linear]
-    conv = any(i[1] in (Conv1dFn, Conv2dFn) for i in ops)
+    threaded = any(i[1] in (Conv1dFn, Conv2dFn, Recurrence) for i in ops)
     small = bool(linear) and all(math.prod(i[8][0][:-1]) < SMALL_BATCH for i in linear)
-    if small or conv:  # NOTE: with convolutions, their loops over images use the threads (engine/parallel.py)
+    if small or threaded:  # NOTE: convolutions' loops over images and LSTMs' blocks use the threads instead
         plan.single_threaded()
 
 
