@@ -22,6 +22,7 @@ their spread. Importing this module runs nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -287,6 +288,14 @@ def torch_threads(threads: int) -> str:
     torch.set_num_threads(threads)
     mkl = torch.backends.mkl.is_available()
     return f"torch {torch.__version__} (num_threads={torch.get_num_threads()}, mkl={mkl})"
+
+
+def compiled_kernels() -> str:
+    """Whether backprop's compiled kernels (the numba extra) can run in this process, without importing numba
+    (the memory benchmark counts what loading them costs)."""
+    if os.environ.get("BACKPROP_NUMBA", "1") == "0":
+        return "compiled kernels off (BACKPROP_NUMBA=0)"
+    return "compiled kernels (numba)" if importlib.util.find_spec("numba") else "no compiled kernels (no numba)"
 
 
 def backprop_train_step(bp: Any, model: Any, opt: Any) -> Callable[[Any, Any], Any]:

@@ -60,6 +60,7 @@ from _common import (
     backprop_epoch,
     backprop_train_step,
     best_threads,
+    compiled_kernels,
     cpu_seconds,
     env_lines,
     errors,
@@ -203,8 +204,8 @@ def library(impl: str, threads: int) -> str:
         return torch_threads(threads)
     blas = numpy_threads(threads)
     import backprop as bp
-
-    return f"backprop {bp.__version__} on {blas}"
+    # NOTE: with the numba extra, convolutions, pooling and ReLU run compiled
+    return f"backprop {bp.__version__} on {blas}, {compiled_kernels()}"
 
 
 # ------------------------------------------------------------------------------------------ sanity check

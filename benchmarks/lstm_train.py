@@ -53,6 +53,7 @@ from _common import (
     Key,
     Spread,
     available,
+    compiled_kernels,
     cpu_seconds,
     env_lines,
     errors,
@@ -79,8 +80,8 @@ PHASE_NAMES = {
     "recurrence_forward": "recurrence forward (time loop: one GEMM per step incl. W_ih x, gates)",
     "forward_rest": "forward: outputs, h_n, c_n",
     "backward_rest": "backward: output gradient taken apart",
-    "backward_through_time": "backward through time (time loop: a GEMM per step, gates)",
-    "weight_gradients": "weight gradients (one GEMM over all steps), dx, layouts",
+    "backward_through_time": "backward through time (time loop: GEMMs per step, gates; compiled: + dW, dx)",
+    "weight_gradients": "weight gradients (NumPy loops: one GEMM over all steps), dx, layouts",
 }
 
 
@@ -99,7 +100,8 @@ def library(impl: str, threads: int) -> str:
         import jax
 
         return f"jax {jax.__version__} (devices {jax.devices()})"
-    return f"backprop, {numpy_threads(threads)}"
+    blas = numpy_threads(threads)
+    return f"backprop, {blas}, {compiled_kernels()}"  # NOTE: with the numba extra, an LSTM's loops run compiled
 
 
 def backprop_step(jit: bool) -> Callable[[], None]:

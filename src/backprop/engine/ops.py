@@ -241,8 +241,8 @@ def _two_parts(x: np.ndarray) -> np.ndarray | None:
     or None where NumPy's one thread does it: small, not C-contiguous float32, one thread allowed, or no
     ``numba`` extra."""
     if x.size < 2 * _PARTS_MIN_ELEMENTS or x.dtype != np.float32 or not x.flags.c_contiguous \
-            or not kernels.enabled(x.dtype) or not elementwise_kernels.ready():
-        return None
+            or not kernels.parallel_allowed() or not kernels.enabled(x.dtype) or not elementwise_kernels.ready():
+        return None  # NOTE: the cheap checks first: no numba import where one part would run anyway
     bounds = kernels.parallel_bounds(x.size, _PARTS_MIN_ELEMENTS)
     return bounds if bounds.size > 2 else None
 
