@@ -238,8 +238,8 @@ _PARTS_MIN_ELEMENTS = 1 << 16
 
 def _two_parts(x: np.ndarray) -> np.ndarray | None:
     """The bounds of two halves of x for a compiled elementwise kernel (:mod:`backprop.engine.elementwise_kernels`),
-    or None where NumPy's one thread does it: small, not C-contiguous float32, one thread allowed, or no
-    ``numba`` extra."""
+    or None where NumPy's one thread does it: small, not C-contiguous float32, no budget of two threads (an
+    eager step: :func:`backprop.engine.kernels.parallel_allowed`), or no ``numba`` extra."""
     if x.size < 2 * _PARTS_MIN_ELEMENTS or x.dtype != np.float32 or not x.flags.c_contiguous \
             or not kernels.parallel_allowed() or not kernels.enabled(x.dtype) or not elementwise_kernels.ready():
         return None  # NOTE: the cheap checks first: no numba import where one part would run anyway

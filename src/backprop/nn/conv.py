@@ -61,7 +61,7 @@ LeNet-5's layers at batch 128, float32, one thread; "in training" is ms a step w
   never need the GIL (a split's worker thread costs ~70 us a round trip on this virtual machine, and the
   GIL changes hands after every NumPy call). Each image's columns and ``cblas_sgemm`` call are the NumPy
   loops' own, so the results are the same to the bit. With them (and the compiled 2x2 max pooling and
-  ReLU) LeNet-5 at batch 128 trained at ~24k samples/s at 2 threads instead of ~14.7k.
+  ReLU) LeNet-5 at batch 128 trained at ~21k samples/s at 2 threads instead of ~13.7k (benchmarks/README.md).
 
 >>> import backprop as bp
 >>> from backprop.nn.conv import Conv2d
