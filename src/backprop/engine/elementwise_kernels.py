@@ -8,7 +8,7 @@ NaN) and ``g * (out > 0)`` (a product with 1 or 0, so an inf or NaN gradient giv
 >>> import numpy as np
 >>> x = np.array([-1.0, 0.0, 2.0, np.nan], dtype=np.float32)
 >>> out = np.empty_like(x)
->>> relu(x, out, np.array([0, 2, 4]))
+>>> _relu(x, out, np.array([0, 2, 4]))     # the loop itself: plain Python until compiled
 >>> out
 array([ 0.,  0.,  2., nan], dtype=float32)
 """

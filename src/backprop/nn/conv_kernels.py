@@ -16,13 +16,15 @@ The kernels are plain functions until the first call compiles them (:func:`backp
 this module imports without numba, and :mod:`backprop.nn.conv` calls it only when
 :func:`backprop.engine.kernels.enabled` says kernels may run.
 
+The columns of one image (what each product multiplies; plain Python until compiled, so this runs
+without numba too):
+
 >>> import numpy as np
->>> x = np.arange(2 * 1 * 16, dtype=np.float32).reshape(2, 1, 16)     # two 4x4 images, flat planes
->>> w = np.ones((1, 2), dtype=np.float32)                             # a 1x1 kernel and its bias
->>> out = np.empty((2, 1, 4, 4), dtype=np.float32)
->>> forward(x, w, out, 1, 1, 1, 1, 4, True, np.array([0, 2]))
->>> float(out[1, 0, 3, 3])                                            # 31 + bias 1
-32.0
+>>> xf = np.arange(16, dtype=np.float32).reshape(1, 1, 16)    # one 4x4 image, its plane flat
+>>> cols = np.empty((4, 11), dtype=np.float32)               # a 2x2 kernel: L' = (3 - 1) * 4 + 3
+>>> _columns(xf, 0, cols, 2, 2, 1, 1, 4, 11)
+>>> cols[3, :3]                                              # window element (1, 1) of outputs (0, 0..2)
+array([5., 6., 7.], dtype=float32)
 """
 
 from __future__ import annotations

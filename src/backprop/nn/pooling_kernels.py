@@ -11,7 +11,7 @@ elements there too). Float32 only; other kernels and dtypes run the NumPy form.
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
 >>> best, rows, cols = np.empty((1, 1, 2, 2), np.float32), np.empty((1, 1, 2, 2), bool), np.empty((1, 1, 2, 2, 2), bool)
->>> max2x2(x, best, rows, cols, np.array([0, 1]))
+>>> _max2x2_images(x, best, rows, cols, 0, 1)     # the loop itself: plain Python until compiled
 >>> best[0, 0]
 array([[ 5.,  7.],
        [13., 15.]], dtype=float32)
