@@ -74,7 +74,12 @@ def test_max_pooling_2x2_equals_the_numpy_form(shape, monkeypatch):
     x[..., ::3] = 0
     x[0, 0, 0, 0], x[-1, -1, 1, 1], x[-1, 0, 2, 3] = np.nan, np.inf, -np.inf
     out = bp.nn.functional.max_pool2d(bp.tensor(x), 2).shape
+    ran = []
+    for name in ("max2x2", "max2x2_grad"):
+        kernel = getattr(pooling.pooling_kernels, name)
+        monkeypatch.setattr(pooling.pooling_kernels, name, lambda *a, _k=kernel, _n=name: (ran.append(_n), _k(*a))[1])
     _compare(lambda t: bp.nn.functional.max_pool2d(t, 2), [x], out, monkeypatch)
+    assert set(ran) == {"max2x2", "max2x2_grad"}  # the kernels did run
 
 
 def test_relu_equals_numpy(monkeypatch):
@@ -83,9 +88,16 @@ def test_relu_equals_numpy(monkeypatch):
     x[1, 0] = -np.inf
     g = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
     g[0, 1], g[2, 2] = np.inf, np.nan
+    from backprop.engine import elementwise_kernels
+
+    ran = []
+    for name in ("relu", "relu_grad"):
+        kernel = getattr(elementwise_kernels, name)
+        monkeypatch.setattr(elementwise_kernels, name, lambda *a, _k=kernel, _n=name: (ran.append(_n), _k(*a))[1])
     ref = _grads(lambda t: t.relu(), [x], g, False, 1, monkeypatch)
     for limit in (1, 2):
         _assert_same(ref, _grads(lambda t: t.relu(), [x], g, True, limit, monkeypatch))
+    assert set(ran) == ({"relu", "relu_grad"} if _two_parts_possible() else set())  # two halves at budget 2 only
 
 
 def test_the_kernels_run_where_they_apply_and_numpy_elsewhere(monkeypatch):
