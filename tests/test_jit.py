@@ -13,6 +13,7 @@ import pytest
 
 import backprop as bp
 import backprop.distributed.sync_batchnorm
+from _steps import classic_step
 from backprop.engine.capture import CaptureError
 from backprop.engine.registry import all_cases
 from backprop.nn.module import LazyGrad, raw_grad
@@ -206,22 +207,12 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 # --------------------------------------------------------------------------------- bp.jit directly
-def _step_fn(model, opt):
-    def train_step(x, y):
-        opt.zero_grad()
-        out = model(bp.Tensor(x))
-        loss = F.cross_entropy(out, y)
-        loss.backward()
-        opt.step()
-        return loss, out
-    return train_step
-
-
 def test_jit_function_equals_eager_and_honours_lr_changes():
     x, y = _data(64)
     models = [_mlp(), _mlp()]
     opts = [bp.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
-    eager, jitted = _step_fn(models[0], opts[0]), bp.jit(_step_fn(models[1], opts[1]), fallback="error")
+    eager = classic_step(models[0], opts[0], "loss, out")
+    jitted = bp.jit(classic_step(models[1], opts[1], "loss, out"), fallback="error")
     for i in range(8):
         if i == 4:
             for o in opts:
@@ -240,7 +231,8 @@ def test_plain_sgd_is_folded_and_close():
     x, y = _data(64)
     models = [_mlp(), _mlp()]
     opts = [bp.optim.SGD(m.parameters(), lr=0.1) for m in models]
-    eager, jitted = _step_fn(models[0], opts[0]), bp.jit(_step_fn(models[1], opts[1]), fallback="error")
+    eager = classic_step(models[0], opts[0], "loss, out")
+    jitted = bp.jit(classic_step(models[1], opts[1], "loss, out"), fallback="error")
     for i in range(8):
         if i == 4:
             opts[0].lr = opts[1].lr = 0.5
@@ -293,7 +285,8 @@ def test_partial_batch_and_train_eval_switch_recapture():
     x, y = _data(20)
     models = [_mlp(dropout=0.5, bn=True), _mlp(dropout=0.5, bn=True)]
     opts = [bp.optim.Adam(m.parameters(), lr=0.01) for m in models]
-    eager, jitted = _step_fn(models[0], opts[0]), bp.jit(_step_fn(models[1], opts[1]), fallback="error")
+    eager = classic_step(models[0], opts[0], "loss, out")
+    jitted = bp.jit(classic_step(models[1], opts[1], "loss, out"), fallback="error")
     seeds = iter(range(100))
     for sl in [slice(0, 8), slice(8, 16), slice(16, 20), slice(0, 8), "eval", slice(8, 16), "train", slice(0, 8)]:
         if isinstance(sl, str):
@@ -326,7 +319,7 @@ def test_dropout_draws_fresh_masks_every_step():
 def test_requires_grad_change_recaptures():
     model = _mlp()
     opt = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-    step = bp.jit(_step_fn(model, opt), fallback="error")
+    step = bp.jit(classic_step(model, opt, "loss, out"), fallback="error")
     x, y = _data(8)
     step(x, y)
     model[0].weight.requires_grad = False
@@ -379,7 +372,7 @@ def test_closures_baked_and_arguments_followed():
 
 def test_the_captured_step_reads_as_python():
     model = _mlp()
-    step = bp.jit(_step_fn(model, bp.optim.SGD(model.parameters(), lr=0.1)))
+    step = bp.jit(classic_step(model, bp.optim.SGD(model.parameters(), lr=0.1), "loss, out"))
     with pytest.raises(RuntimeError, match="call the function once"):
         step.source()
     step(*_data(8))
@@ -398,7 +391,7 @@ def test_keyword_arguments():
 def test_small_steps_run_on_one_blas_thread_and_restore_it():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     model = _mlp()
-    step = bp.jit(_step_fn(model, bp.optim.SGD(model.parameters(), lr=0.1)), fallback="error")
+    step = bp.jit(classic_step(model, bp.optim.SGD(model.parameters(), lr=0.1), "loss, out"), fallback="error")
     with threadpoolctl.threadpool_limits(2):
         for n in (8, 8, 100, 100):  # capture (eager, 2 threads) then replay; a large batch keeps 2 threads
             x, y = _data(n)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import backprop as bp
+from _steps import classic_step
 from backprop.engine import kernels, parallel
 from backprop.nn import conv, pooling
 
@@ -138,16 +139,7 @@ def test_a_captured_lenet_step_with_kernels_equals_the_numpy_step(monkeypatch):
         model = bp.nn.Sequential(bp.nn.Conv2d(1, 6, 5, padding=2), bp.nn.ReLU(), bp.nn.MaxPool2d(2),
                                  bp.nn.Conv2d(6, 16, 5), bp.nn.ReLU(), bp.nn.MaxPool2d(2), bp.nn.Flatten(),
                                  bp.nn.Linear(400, 10))
-        opt = bp.optim.SGD(model.parameters(), lr=0.05)
-
-        @bp.jit
-        def step(x, y):
-            opt.zero_grad()
-            loss = bp.nn.functional.cross_entropy(model(bp.Tensor(x)), y)
-            loss.backward()
-            opt.step()
-            return loss
-
+        step = bp.jit(classic_step(model, bp.optim.SGD(model.parameters(), lr=0.05)))
         rng = np.random.default_rng(0)
         with parallel.budget(2):
             for _ in range(3):

@@ -28,8 +28,9 @@ array([[0., 0., 0.],
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,19 @@ def set_blas_threads() -> Callable[[int], int] | None:
     """``set(n) -> previous``, NumPy's OpenBLAS thread count as one ctypes call each way; None where that
     OpenBLAS cannot be found (then the BLAS keeps its own policy)."""
     return _set_threads if _openblas().set is not None else None
+
+
+@contextlib.contextmanager
+def one_thread(when: bool = True) -> Iterator[None]:
+    """While inside (if ``when``): NumPy's OpenBLAS on one thread, then back to the count it had. Where that
+    OpenBLAS cannot be found, nothing changes."""
+    setter = set_blas_threads() if when else None
+    previous = setter(1) if setter is not None else 1
+    try:
+        yield
+    finally:
+        if previous != 1:
+            setter(previous)
 
 
 def _rows_per_call(rows: int, mnk_per_row: int, transposed_mn_per_row: int = 0) -> int:

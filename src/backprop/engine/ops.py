@@ -223,8 +223,8 @@ class ReLU(Function):
 
     @staticmethod
     def kernel_backward(out, g, needs):  # d max(x,0) = 1 where x > 0, else 0
-        bounds = _two_parts(out) if g.dtype == out.dtype and g.flags.c_contiguous and g.shape == out.shape else None
-        if bounds is not None:
+        bounds = _two_parts(out)  # NOTE: its size check first: the common case costs one comparison
+        if bounds is not None and g.dtype == out.dtype and g.flags.c_contiguous and g.shape == out.shape:
             dx = np.empty_like(out)
             elementwise_kernels.relu_grad(out.reshape(-1), g.reshape(-1), dx.reshape(-1), bounds)
             return dx

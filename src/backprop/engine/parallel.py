@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backprop.engine.blas import blas_threads, set_blas_threads
+from backprop.engine.blas import blas_threads, one_thread
 
 __all__ = ["budget", "budget_limit", "halfway", "set_budget", "split", "threads"]
 
@@ -127,9 +127,7 @@ def split(n: int, body: Callable[[int, int], None], min_per_thread: int, grain: 
         body(0, n)
         return
     try:
-        setter = set_blas_threads()
-        previous = setter(1) if setter is not None else None
-        try:
+        with one_thread():
             if _worker is None:
                 _worker = _Worker()
             _worker.start(body, mid, n)
@@ -137,8 +135,5 @@ def split(n: int, body: Callable[[int, int], None], min_per_thread: int, grain: 
                 body(0, mid)
             finally:
                 _worker.join()
-        finally:
-            if previous is not None:
-                setter(previous)
     finally:
         _busy.release()

@@ -83,7 +83,7 @@ from numpy.lib.stride_tricks import as_strided
 
 import backprop.nn.conv_kernels as conv_kernels  # noqa: PLR0402 - the module, not the package backprop.nn
 from backprop.engine import kernels as _kernels
-from backprop.engine.blas import set_blas_threads
+from backprop.engine.blas import one_thread
 from backprop.engine.parallel import split
 from backprop.engine.registry import Case, cases, register, sample
 from backprop.engine.tensor import DEFAULT_DTYPE, Function, Tensor
@@ -122,13 +122,8 @@ def _run_parts(kernel: Any, n: int, *args: Any, grain: int = 1) -> None:
     """``kernel(*args, bounds)`` over a batch of n images, in the parts :func:`split` would run (cut at a
     multiple of ``grain``), at once; the BLAS on one thread while two parts run."""
     bounds = _kernels.parallel_bounds(n, _SPLIT_MIN_IMAGES, grain)
-    setter = set_blas_threads() if bounds.size > 2 else None
-    previous = setter(1) if setter is not None else None
-    try:
+    with one_thread(bounds.size > 2):
         kernel(*args, bounds)
-    finally:
-        if previous is not None:
-            setter(previous)
 
 
 # ------------------------------------------------------------------------------------- argument parsing

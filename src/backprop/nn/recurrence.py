@@ -65,7 +65,7 @@ import numpy as np
 
 import backprop.nn.recurrence_kernels as recurrence_kernels  # noqa: PLR0402 - the module, not the package backprop.nn
 from backprop.engine import kernels
-from backprop.engine.blas import SMALL_BATCH, set_blas_threads
+from backprop.engine.blas import SMALL_BATCH, one_thread
 from backprop.engine.memory import tune_malloc
 from backprop.engine.parallel import halfway
 from backprop.engine.registry import Case, cases, register, sample
@@ -272,23 +272,12 @@ def _place_initial(buf: np.ndarray, init: np.ndarray | None, reverse: bool, ls: 
         buf[ls, :, np.arange(buf.shape[2])] = init
 
 
-class _OneBlasThread:
+def _one_blas_thread(batch: int, parallel: bool) -> Any:
     """The time loops on one BLAS thread when the batch is small (as ``backprop.engine.blas`` does for short
     products): each step's GEMM is too short for two threads, which mostly wait for each other (measured
     here: 2 threads made the (512, 128) @ (128, 32) product 7x slower on a busy 2-core machine); and always
     while compiled loops run blocks of the batch on two threads (``parallel``)."""
-
-    def __init__(self, batch: int, parallel: bool = False) -> None:
-        self.setter = set_blas_threads() if batch < SMALL_BATCH or parallel else None
-        self.old = 1
-
-    def __enter__(self) -> None:
-        if self.setter is not None:
-            self.old = self.setter(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.setter is not None and self.old != 1:
-            self.setter(self.old)
+    return one_thread(batch < SMALL_BATCH or parallel)
 
 
 def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, lengths: Any = None,
@@ -339,6 +328,7 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
             b_int = b_ih + b_hh
             b_int = b_int if order is None else b_int[order]
     x_aug = ext = None
+    compiled = mode == "lstm" and _compiled_lstm(dtype, lengths, proj, T * B * G * H)
     if mode == "gru":
         # the input projection of every step, (T, 3H, B): one batched product before the recurrence (the GRU's
         # n gate keeps W_in x apart from W_hn h)
@@ -370,7 +360,7 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
         read[:, P:P + I] = xs.transpose(0, 2, 1)
         if bias:
             read[:, P + I] = 1
-        acts = np.empty((T, G * H, B), dtype=dtype)
+        acts = None if compiled else np.empty((T, G * H, B), dtype=dtype)  # compiled: in blocks, below
         rows = ext[:, :P]
     _place_initial(rows, h0s, reverse, ls)
     t1 = _clock()
@@ -380,9 +370,8 @@ def recurrence_forward(*arrays: np.ndarray, mode: str, reverse: bool = False, le
     sig = cells = tanh_c = m = hg = None
     make = np.zeros if lengths is not None else np.empty
     blocks = None
-    compiled = mode == "lstm" and _compiled_lstm(dtype, lengths, proj, T * B * G * H)
     parallel = compiled and kernels.parallel_allowed(own_blas=True)
-    with _OneBlasThread(B, parallel):
+    with _one_blas_thread(B, parallel):
         if mode in ("rnn_tanh", "rnn_relu"):
             _rnn_forward(steps, rev, counts, acts, ext, rows, step_w, mode == "rnn_relu", B)
         elif mode == "lstm":
@@ -636,7 +625,7 @@ def recurrence_backward(s: _Saved, g: np.ndarray, needs: tuple[bool, ...]) -> tu
     e = make((T, G * H, B), dtype=dtype) if s.blocks is None else None
     t1 = _clock()
     parallel = s.blocks is not None and kernels.parallel_allowed(own_blas=True)
-    with _OneBlasThread(B, parallel):
+    with _one_blas_thread(B, parallel):
         if mode in ("rnn_tanh", "rnn_relu"):
             _rnn_backward(steps, rev, s, g_y, dh, e, step_w)
         elif mode == "lstm":

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop.engine import kernels
 from backprop.engine.blas import (
     NO_TRANS,
     ROW_MAJOR,
@@ -63,11 +64,9 @@ from backprop.engine.blas import (
     _rows_per_call,
     set_blas_threads,
 )
-from backprop.engine.blas import gemm_symbols as _openblas_symbols
 from backprop.engine.capture import Plan
 from backprop.engine.kernels import cache_dir, external_gemm
 from backprop.engine.ops import ReLU, Sigmoid, Tanh
-from backprop.extras import available
 from backprop.nn.functional import Linear
 from backprop.nn.losses import CrossEntropy
 from backprop.nn.module import Parameter, set_linear_grads
@@ -94,23 +93,20 @@ UPDATED, FORMED, NONFINITE = 0, 1, 2  # what the backward kernel did
 def fuse_dense_step(plan: Plan) -> FusedDenseStep | None:
     """The plan's step as compiled kernels, or None when it is not a dense step (see the module docstring),
     numba is not installed, NumPy's OpenBLAS cannot be called, or ``BACKPROP_NUMBA=0``."""
-    if os.environ.get("BACKPROP_NUMBA", "1") == "0":
-        return None
     found = _match_jitted(plan) if len(plan.segments) == 1 else _match_fit(plan)
-    if found is None or not available("numba"):  # NOTE: numba (60 MB) is imported only for a step it can run
+    if found is None:
         return None
     step = FusedDenseStep(plan, *found)
-    return step if step.ok else None
+    # NOTE: numba (60 MB) is imported only for a step it can run
+    return step if step.ok and kernels.enabled(step.dtype) else None
 
 
 # ------------------------------------------------------------------------------------------ recognising
 def dense_forward(code: Sequence[tuple]) -> bool:
     """True when a recorded forward (``fit``'s segment 0) is the chain the kernels compute, and they can run
     here: ``fit`` then records the backward at once (see :class:`~backprop.training.jit.CapturedStep`)."""
-    if os.environ.get("BACKPROP_NUMBA", "1") == "0":
-        return False
     found = _chain(code, {}, {})
-    return found is not None and not found[5] and available("numba")
+    return found is not None and not found[5] and kernels.enabled()
 
 
 def _chain(code: Sequence[tuple], inputs: dict[int, int], leaves: dict[int, Any]) -> tuple | None:
@@ -224,8 +220,7 @@ class FusedDenseStep:
         self.dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
         self.ok = (self.dtype in (np.dtype(np.float32), np.dtype(np.float64)) and self.layers[-1][2] is None
                    and len({id(p) for p in self.params}) == len(self.params)
-                   and all(isinstance(p, Parameter) and p.requires_grad for p in self.params)
-                   and self.dtype in _openblas_symbols())
+                   and all(isinstance(p, Parameter) and p.requires_grad for p in self.params))
         self.classes = self.layers[-1][0].data.shape[0]
         self._curved = sum(w.data.shape[0] for w, _, act in self.layers if act in ("tanh", "sigmoid"))
         self.optimizer, self.groups = None, []
